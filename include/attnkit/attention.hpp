@@ -1,0 +1,97 @@
+/// \file
+/// The one call: attention(policy, q, k, v, out, options), its float64 reference, the
+/// log-sum-exp merge of partial results, and dense_mask for static patterns.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "core/checks.hpp"
+#include "core/error.hpp"
+#include "core/options.hpp"
+#include "core/tensor_view.hpp"
+#include "engines/flash.hpp"
+#include "reference/softmax.hpp"
+#include "variants/softmax.hpp"
+
+namespace attnkit {
+
+namespace detail {
+template <class Space>
+inline constexpr bool is_runnable_space_v =
+#if defined(__CUDACC__)
+    std::is_same_v<Space, host> || std::is_same_v<Space, cuda>;
+#else
+    std::is_same_v<Space, host>;
+#endif
+
+template <class Policy>
+inline constexpr bool is_flash_policy_v = std::is_same_v<Policy, softmax>;
+}  // namespace detail
+
+/// Runs attention variant `p` on q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv] into
+/// out [B, Hq, Nq, Dv]. Throws attnkit::error, before writing anything, on invalid input.
+template <class Policy, class Q, class K, class V, class O, class Space>
+void attention(const Policy& p, tensor_view<Q, Space> q, tensor_view<K, Space> k, tensor_view<V, Space> v,
+               tensor_view<O, Space> out, const options& o = {}) {
+  static_assert(detail::is_runnable_space_v<Space>,
+                "attnkit: CUDA views need a translation unit compiled by nvcc (CUDA specialisations "
+                "live in include/attnkit/cuda/); this build is host-only");
+  static_assert(std::is_same_v<Space, host>, "attnkit: no CUDA specialisation exists yet for this policy");
+  static_assert(detail::is_flash_policy_v<Policy>, "attnkit: unknown attention policy");
+  detail::check_shapes(q, k, v, out, o);
+  detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
+  detail::flash::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
+}
+
+namespace reference {
+
+/// The float64 reference of every variant: same contract as attnkit::attention, O(N^2).
+template <class Policy, class Q, class K, class V, class O>
+void attention(const Policy& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+               const options& o = {}) {
+  detail::check_shapes(q, k, v, out, o);
+  attnkit::detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
+  detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
+}
+
+}  // namespace reference
+
+/// Combines two partial results over disjoint key sets: (out_a, lse_a) becomes the result
+/// over the union. lse arrays are contiguous [B, H, N]; -inf marks an empty partial result.
+/// (out_b's element type is not deduced, so a writable view converts to it implicitly.)
+template <class T, class Space>
+void merge_states(tensor_view<T, Space> out_a, float* lse_a, tensor_view<const std::common_type_t<T>, Space> out_b,
+                  const float* lse_b) {
+  static_assert(std::is_same_v<Space, host>, "attnkit: merge_states on CUDA views needs nvcc");
+  static_assert(detail::is_element_v<T> && !std::is_const_v<T>, "attnkit: merge_states needs float, bf16 or f16");
+  detail::check_view("out_a", out_a);
+  detail::check_view("out_b", out_b);
+  for (int a = 0; a < 4; ++a)
+    detail::require(out_a.extent(a) == out_b.extent(a), "merge_states: out_b.extent(", a, ") = ", out_b.extent(a),
+                    ", expected out_a.extent(", a, ") = ", out_a.extent(a));
+  const index_t rows = out_a.batch() * out_a.heads() * out_a.seq();
+  detail::require(rows == 0 || (lse_a != nullptr && lse_b != nullptr), "merge_states: lse_a and lse_b must not be null");
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  for (index_t b = 0; b < out_a.batch(); ++b)
+    for (index_t h = 0; h < out_a.heads(); ++h)
+      for (index_t i = 0; i < out_a.seq(); ++i) {
+        const index_t r = (b * out_a.heads() + h) * out_a.seq() + i;
+        const float la = lse_a[r], lb = lse_b[r];
+        const float m = std::max(la, lb);
+        if (m == neg_inf) {
+          for (index_t d = 0; d < out_a.dim(); ++d) out_a(b, h, i, d) = detail::from_float<T>(0.f);
+          lse_a[r] = neg_inf;
+          continue;
+        }
+        const float wa = std::exp(la - m), wb = std::exp(lb - m), sum = wa + wb;
+        for (index_t d = 0; d < out_a.dim(); ++d) {
+          const float merged = (wa * detail::to_float(out_a(b, h, i, d)) + wb * detail::to_float(out_b(b, h, i, d))) / sum;
+          out_a(b, h, i, d) = detail::from_float<T>(merged);
+        }
+        lse_a[r] = m + std::log(sum);
+      }
+}
+
+}  // namespace attnkit

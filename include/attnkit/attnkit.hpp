@@ -1,0 +1,12 @@
+/// \file
+/// Umbrella header: everything host-side.
+#pragma once
+
+#include "attention.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/executor.hpp"
+#include "core/options.hpp"
+#include "core/tensor_view.hpp"
+#include "core/types.hpp"
+#include "variants/softmax.hpp"

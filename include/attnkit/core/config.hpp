@@ -1,0 +1,23 @@
+/// \file
+/// Compiler portability macros and the index type shared by every header.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define ATTNKIT_HOST_DEVICE __host__ __device__
+#else
+#define ATTNKIT_HOST_DEVICE inline
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ATTNKIT_ALWAYS_INLINE inline __attribute__((always_inline))
+#define ATTNKIT_RESTRICT __restrict__
+#else
+#define ATTNKIT_ALWAYS_INLINE inline
+#define ATTNKIT_RESTRICT
+#endif
+
+namespace attnkit {
+using index_t = std::int64_t;
+}  // namespace attnkit

@@ -1,0 +1,200 @@
+/// \file
+/// Register-blocked broadcast-FMA micro-kernels of the flash engine. Query rows are vector
+/// lanes (Br = NR vectors), so K and V are read in place, one broadcast per element:
+///   scores:  s[j][r]  = sum_c k[j][c] * qt[c][r]       (MR keys x NR row vectors)
+///   output:  ot[c][r] += sum_j v[j][c] * p[j][r]       (MR value dims x NR row vectors)
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "../core/config.hpp"
+#include "arch.hpp"
+
+namespace attnkit::detail::simd {
+
+/// Calls f(std::integral_constant<int, n>) for a runtime 0 < n <= Max.
+template <int Max, class F>
+ATTNKIT_ALWAYS_INLINE void with_count(int n, F&& f) {
+  if constexpr (Max > 0) {
+    if (n == Max)
+      f(std::integral_constant<int, Max>{});
+    else
+      with_count<Max - 1>(n, f);
+  }
+}
+
+template <class G, int M>
+ATTNKIT_ALWAYS_INLINE void qk_block(const float* ATTNKIT_RESTRICT qt, const float* ATTNKIT_RESTRICT k,
+                                    index_t ks, index_t depth, float* ATTNKIT_RESTRICT s) {
+  using V = typename G::V;
+  V acc[M][G::NR];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < G::NR; ++n) acc[m][n] = V(0.f);
+  for (index_t c = 0; c < depth; ++c) {
+    V qv[G::NR];
+    for (int n = 0; n < G::NR; ++n) qv[n] = V::load_aligned(qt + c * G::Br + n * G::W);
+    for (int m = 0; m < M; ++m) {
+      const V kb(k[m * ks + c]);
+      for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(kb, qv[n], acc[m][n]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(s + m * G::Br + n * G::W);
+}
+
+/// s[j][0..Br) for the nkeys key rows at k (row stride ks, unit stride along depth).
+template <class G>
+inline void qk_tile(const float* qt, const float* k, index_t ks, index_t depth, int nkeys, float* s) {
+  int j = 0;
+  for (; j + G::MR <= nkeys; j += G::MR) qk_block<G, G::MR>(qt, k + j * ks, ks, depth, s + j * G::Br);
+  with_count<G::MR - 1>(nkeys - j, [&](auto m) { qk_block<G, decltype(m)::value>(qt, k + j * ks, ks, depth, s + j * G::Br); });
+}
+
+template <class G, int M>
+ATTNKIT_ALWAYS_INLINE void pv_block(const float* ATTNKIT_RESTRICT p, int nkeys, const float* ATTNKIT_RESTRICT v,
+                                    index_t vs, float* ATTNKIT_RESTRICT ot) {
+  using V = typename G::V;
+  V acc[M][G::NR];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < G::NR; ++n) acc[m][n] = V::load_aligned(ot + m * G::Br + n * G::W);
+  for (int j = 0; j < nkeys; ++j) {
+    V pv[G::NR];
+    for (int n = 0; n < G::NR; ++n) pv[n] = V::load_aligned(p + j * G::Br + n * G::W);
+    for (int m = 0; m < M; ++m) {
+      const V vb(v[j * vs + m]);
+      for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(vb, pv[n], acc[m][n]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(ot + m * G::Br + n * G::W);
+}
+
+/// ot[c][0..Br) += sum_j v[j][c] p[j][0..Br) for c < width, over nkeys value rows.
+template <class G>
+inline void pv_tile(const float* p, int nkeys, const float* v, index_t vs, index_t width, float* ot) {
+  index_t c = 0;
+  for (; c + G::MR <= width; c += G::MR) pv_block<G, G::MR>(p, nkeys, v + c, vs, ot + c * G::Br);
+  with_count<G::MR - 1>(static_cast<int>(width - c),
+                        [&](auto m) { pv_block<G, decltype(m)::value>(p, nkeys, v + c, vs, ot + c * G::Br); });
+}
+
+}  // namespace attnkit::detail::simd
+
+// Few-row kernels (decode): with only R <= W query rows, vectors run along the head dimension
+// instead, so every lane does useful work; the scores need one transposing reduction per
+// W dot products.
+//   scores:  s[j][r]  = sum_c q[r][c] * k[j][c]          (W/R keys x R rows per reduction)
+//   output:  o[r][c] += sum_j p[j][r] * v[j][c]          (C vectors of c x R rows)
+
+namespace attnkit::detail::simd {
+
+/// Lane i of the result is the sum of the lanes of rows[i].
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vec<Arch> transpose_sum(const vec<Arch>* rows) {
+#if defined(__AVX512F__)
+  if constexpr (vec<Arch>::size == 16) {
+    // xsimd 8.1's avx512f haddp permutes its lanes, so the tree is spelled out here.
+    __m512 pairs[8], quads[4];
+    for (int k = 0; k < 8; ++k) {
+      const __m512 a = rows[2 * k], b = rows[2 * k + 1];
+      pairs[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int k = 0; k < 4; ++k) {
+      const __m512 a = pairs[2 * k], b = pairs[2 * k + 1];
+      quads[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    const auto fold = [](__m512 a, __m512 b) {
+      return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    };
+    return fold(fold(quads[0], quads[1]), fold(quads[2], quads[3]));
+  }
+#endif
+  if constexpr (std::is_base_of_v<xsimd::avx, Arch> && vec<Arch>::size == 8) {
+    return xsimd::haddp(rows);
+  } else {
+    alignas(64) float sums[vec<Arch>::size];
+    for (std::size_t i = 0; i < vec<Arch>::size; ++i) sums[i] = xsimd::hadd(rows[i]);
+    return vec<Arch>::load_aligned(sums);
+  }
+}
+
+/// s[j][0..R) for the nkeys key rows at k (row stride ks); q is R rows of depth floats.
+template <class Arch, int R>
+inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_RESTRICT k, index_t ks,
+                         index_t depth, int nkeys, float* ATTNKIT_RESTRICT s) {
+  using V = vec<Arch>;
+  constexpr int W = static_cast<int>(V::size);
+  static_assert(W % R == 0, "rows must divide the vector width");
+  constexpr int KB = W / R;  // keys per reduction
+  const index_t body = depth / W * W;
+  int j = 0;
+  for (; j < nkeys; j += KB) {
+    const int kb_count = std::min(KB, nkeys - j);
+    const float* kj[KB];
+    for (int kb = 0; kb < KB; ++kb) kj[kb] = k + (j + std::min(kb, kb_count - 1)) * ks;  // tail: repeat the last key
+    V acc[KB * R];
+    for (int a = 0; a < KB * R; ++a) acc[a] = V(0.f);
+    for (index_t c = 0; c < body; c += W) {
+      V qv[R];
+      for (int r = 0; r < R; ++r) qv[r] = V::load_unaligned(q + r * depth + c);
+      for (int kb = 0; kb < KB; ++kb) {
+        const V kv = V::load_unaligned(kj[kb] + c);
+        for (int r = 0; r < R; ++r) acc[kb * R + r] = xsimd::fma(kv, qv[r], acc[kb * R + r]);
+      }
+    }
+    alignas(64) float sums[W];
+    transpose_sum<Arch>(acc).store_aligned(sums);
+    for (int kb = 0; kb < kb_count; ++kb)
+      for (int r = 0; r < R; ++r) {
+        float x = sums[kb * R + r];
+        for (index_t c = body; c < depth; ++c) x += q[r * depth + c] * kj[kb][c];
+        s[(j + kb) * R + r] = x;
+      }
+  }
+}
+
+/// o[r][0..width) += sum_j p[j][r] v[j][0..width) over nkeys value rows (row stride vs).
+template <class Arch, int R>
+inline void pv_rows_tile(const float* ATTNKIT_RESTRICT p, int nkeys, const float* ATTNKIT_RESTRICT v, index_t vs,
+                         index_t width, float* ATTNKIT_RESTRICT o) {
+  using V = vec<Arch>;
+  constexpr index_t W = static_cast<index_t>(V::size);
+  constexpr int C = R <= 4 ? 4 : 2;  // vectors along width per pass: C * R accumulators
+  index_t c0 = 0;
+  for (; c0 + C * W <= width; c0 += C * W) {
+    V acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = V::load_unaligned(o + r * width + c0 + c * W);
+    for (int j = 0; j < nkeys; ++j) {
+      V vv[C];
+      for (int c = 0; c < C; ++c) vv[c] = V::load_unaligned(v + j * vs + c0 + c * W);
+      for (int r = 0; r < R; ++r) {
+        const V pb(p[j * R + r]);
+        for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(o + r * width + c0 + c * W);
+  }
+  for (; c0 + W <= width; c0 += W) {
+    V acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = V::load_unaligned(o + r * width + c0);
+    for (int j = 0; j < nkeys; ++j) {
+      const V vv = V::load_unaligned(v + j * vs + c0);
+      for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(V(p[j * R + r]), vv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) acc[r].store_unaligned(o + r * width + c0);
+  }
+  for (; c0 < width; ++c0)
+    for (int j = 0; j < nkeys; ++j)
+      for (int r = 0; r < R; ++r) o[r * width + c0] += p[j * R + r] * v[j * vs + c0];
+}
+
+}  // namespace attnkit::detail::simd

@@ -1,0 +1,113 @@
+/// \file
+/// Softmax attention: out_i = sum_j softmax_j(mask(bias(cap(scale * q_i . k_j)))) v_j,
+/// FlashAttention-2 conventions (Dao 2023, arXiv 2307.08691): bottom-right causal alignment,
+/// sliding windows, soft-capping, ALiBi (Press et al. 2021), GQA, variable lengths.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/tensor_view.hpp"
+
+namespace attnkit {
+
+struct softmax {
+  float scale = 0;                          ///< multiplier of q.k; 0 means 1/sqrt(D)
+  bool causal = false;                      ///< bottom-right aligned causal mask
+  index_t window_left = -1;                 ///< keys j >= p - window_left; -1 unbounded
+  index_t window_right = -1;                ///< keys j <= p + window_right; -1 unbounded
+  float softcap = 0;                        ///< s = softcap * tanh(s / softcap); 0 off
+  const float* alibi_slopes = nullptr;      ///< one per query head: s -= slope * |p - j|
+  const std::int32_t* key_lens = nullptr;   ///< per batch entry: valid keys (null: all)
+  const std::int32_t* query_lens = nullptr; ///< per batch entry: valid queries (null: all)
+};
+
+/// Standard ALiBi slopes for `heads` heads (Press et al.): 2^(-8(h+1)/H) for H a power of two,
+/// otherwise the slopes of the nearest lower power of two followed by every other slope of
+/// the next one.
+inline std::vector<float> alibi_slopes(index_t heads) {
+  detail::require(heads >= 1, "alibi_slopes: heads = ", heads, ", expected >= 1");
+  auto power_of_two_slopes = [](index_t n) {
+    std::vector<float> s(static_cast<std::size_t>(n));
+    for (index_t h = 0; h < n; ++h)
+      s[static_cast<std::size_t>(h)] = static_cast<float>(std::exp2(-8.0 * double(h + 1) / double(n)));
+    return s;
+  };
+  index_t n = 1;
+  while (n * 2 <= heads) n *= 2;
+  std::vector<float> slopes = power_of_two_slopes(n);
+  if (n < heads) {
+    const std::vector<float> extra = power_of_two_slopes(2 * n);
+    for (index_t i = 0; static_cast<index_t>(slopes.size()) < heads; i += 2)
+      slopes.push_back(extra[static_cast<std::size_t>(i)]);
+  }
+  return slopes;
+}
+
+namespace detail {
+
+/// Keys visible to one query row form the inclusive interval [lo, hi] (empty when lo > hi).
+struct key_span {
+  index_t lo, hi;
+};
+
+/// Visible key interval of query row i of batch entry b, per the spec's step 4.
+inline key_span softmax_span(const softmax& p, index_t b, index_t i, index_t nq, index_t nk) {
+  const index_t lq = p.query_lens ? p.query_lens[b] : nq;
+  const index_t lk = p.key_lens ? p.key_lens[b] : nk;
+  if (i >= lq) return {0, -1};
+  const index_t pos = i + lk - lq;
+  index_t lo = 0, hi = lk - 1;
+  if (p.causal) hi = std::min(hi, pos);
+  if (p.window_right >= 0) hi = std::min(hi, pos + p.window_right);
+  if (p.window_left >= 0) lo = std::max(lo, pos - p.window_left);
+  return {lo, hi};
+}
+
+/// The softmax scale actually used: the field, or 1/sqrt(D) when it is 0.
+inline float effective_scale(float scale, index_t head_dim) {
+  return scale != 0 ? scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+}
+
+/// Checks the policy's own fields (shapes are checked by attention()).
+inline void validate(const softmax& p, index_t batch, index_t q_heads, index_t nq, index_t nk) {
+  require(nk <= std::numeric_limits<std::int32_t>::max(), "softmax: k.seq() = ", nk, ", expected at most 2^31 - 1");
+  require(std::isfinite(p.scale), "softmax: scale = ", p.scale, ", expected a finite value");
+  require(std::isfinite(p.softcap) && p.softcap >= 0, "softmax: softcap = ", p.softcap,
+          ", expected a finite value >= 0");
+  require(p.window_left >= -1, "softmax: window_left = ", p.window_left, ", expected >= -1");
+  require(p.window_right >= -1, "softmax: window_right = ", p.window_right, ", expected >= -1");
+  if (p.alibi_slopes)
+    for (index_t h = 0; h < q_heads; ++h)
+      require(std::isfinite(p.alibi_slopes[h]), "softmax: alibi_slopes[", h, "] = ", p.alibi_slopes[h],
+              ", expected a finite value");
+  for (index_t b = 0; b < batch; ++b) {
+    if (p.key_lens)
+      require(p.key_lens[b] >= 0 && p.key_lens[b] <= nk, "softmax: key_lens[", b, "] = ", p.key_lens[b],
+              ", expected a value in [0, ", nk, "]");
+    if (p.query_lens)
+      require(p.query_lens[b] >= 0 && p.query_lens[b] <= nq, "softmax: query_lens[", b, "] = ",
+              p.query_lens[b], ", expected a value in [0, ", nq, "]");
+  }
+}
+
+}  // namespace detail
+
+/// Which keys each query attends to (row-major nq x nk bytes, 1 = attends); per-batch
+/// lengths are ignored (a pattern is drawn for full-length sequences).
+inline std::vector<std::uint8_t> dense_mask(const softmax& p, index_t nq, index_t nk) {
+  detail::require(nq >= 0 && nk >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected >= 0");
+  softmax full = p;
+  full.key_lens = full.query_lens = nullptr;
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  for (index_t i = 0; i < nq; ++i) {
+    const detail::key_span s = detail::softmax_span(full, 0, i, nq, nk);
+    for (index_t j = s.lo; j <= s.hi; ++j) mask[static_cast<std::size_t>(i * nk + j)] = 1;
+  }
+  return mask;
+}
+
+}  // namespace attnkit
