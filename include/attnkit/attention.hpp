@@ -51,7 +51,7 @@ namespace reference {
 template <class Policy, class Q, class K, class V, class O>
 void attention(const Policy& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
                const options& o = {}) {
-  detail::check_shapes(q, k, v, out, o);
+  attnkit::detail::check_shapes(q, k, v, out, o);
   attnkit::detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
   detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
 }

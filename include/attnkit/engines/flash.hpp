@@ -44,7 +44,7 @@ struct geometry {
   static constexpr int NR = NR_;
   static constexpr int MR = (simd::registers<Arch> == 32 || NR_ == 1) ? 8 : 4;
   static constexpr int Br = W * NR;
-  static constexpr int Bc = 64;
+  static constexpr int Bc = RowsInLanes ? 64 : 256;  // few rows: longer K/V streams per tile
 };
 
 /// Everything about one call the tiles need, with scores in base-2 units (exp2 is cheaper).
@@ -130,6 +130,13 @@ const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, ind
   for (index_t r = 0; r < n; ++r) simd::to_float_row(t.row(b, h, j0 + r), t.stride(dim_axis), dd, buf + r * dd);
   row_stride = dd;
   return buf;
+}
+
+/// Asks for one row of `bytes` bytes ahead of use (a hint: never faults).
+template <class T>
+ATTNKIT_ALWAYS_INLINE void prefetch_row(const T* row, index_t bytes) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 1);  // to L2: spares L1 fill buffers
 }
 
 /// One online-softmax step over a key tile whose scores s[j][row] (base 2) are computed:
@@ -231,15 +238,26 @@ void process_tile(const problem& pb, const tile_rows<G>& t, const tensor_view<co
   std::fill(sc.ot, sc.ot + pb.dv * G::Br, 0.f);
   for (int n = 0; n < G::NR; ++n) m[n] = V(neg_inf), l[n] = V(0.f);
 
+  [[maybe_unused]] const index_t k_row_bytes = pb.d * k.stride(dim_axis) * static_cast<index_t>(sizeof(K)),
+                                 v_row_bytes = pb.dv * v.stride(dim_axis) * static_cast<index_t>(sizeof(Vt));
   for (index_t j0 = kbeg; j0 < kend; j0 += G::Bc) {
     const int nkeys = static_cast<int>(std::min<index_t>(G::Bc, kend - j0));
     const bool partial = j0 < t.full_lo || j0 + nkeys - 1 > t.full_hi;
     index_t ks, vs;
     const float* kp = float_rows(k, b, hkv, j0, nkeys, sc.kbuf, ks);
-    if constexpr (G::rows_in_lanes)
+    if constexpr (G::rows_in_lanes) {
       simd::qk_tile<G>(sc.qt, kp, ks, pb.d, nkeys, sc.s);
-    else
-      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, nkeys, sc.s);
+    } else {
+      // Few rows do little work per byte, so K/V stream from DRAM: ask for the next tile's
+      // keys and values while this tile's scores are computed.
+      const auto ahead = [&](int j, int n) {
+        for (index_t r = j0 + G::Bc + j; r < std::min<index_t>(j0 + G::Bc + j + n, kend); ++r) {
+          prefetch_row(k.row(b, hkv, r), k_row_bytes);
+          prefetch_row(v.row(b, hkv, r), v_row_bytes);
+        }
+      };
+      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, nkeys, sc.s, ahead);
+    }
     if (partial)
       online_softmax_step<G, Cap, Alibi, true>(pb, t, j0, nkeys, sc.s, m, l, sc.ot);
     else

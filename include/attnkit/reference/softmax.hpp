@@ -20,11 +20,6 @@
 
 namespace attnkit::reference::detail {
 
-// reference::attention (attention.hpp) calls `detail::check_shapes` from inside namespace
-// attnkit::reference, where `detail` names this namespace; make the shared checks visible here.
-using attnkit::detail::check_shapes;
-using attnkit::detail::check_view;
-
 /// Spec step 4, written out on its own: is key j visible to query row i of batch entry b?
 /// `lq`, `lk` are the valid query/key counts of that batch entry.
 inline bool softmax_visible(const attnkit::softmax& p, index_t i, index_t j, index_t lq, index_t lk) {

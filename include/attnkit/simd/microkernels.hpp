@@ -17,6 +17,19 @@
 
 namespace attnkit::detail::simd {
 
+/// Pins a loaded vector in a register. GCC otherwise folds the load into every FMA that uses
+/// it (one load per FMA), which makes the load ports, not the FMA units, the limit.
+template <class V>
+ATTNKIT_ALWAYS_INLINE V in_register(V v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  auto raw = v.data;
+  asm("" : "+v"(raw));
+  return V(raw);
+#else
+  return v;
+#endif
+}
+
 /// Calls f(std::integral_constant<int, n>) for a runtime 0 < n <= Max.
 template <int Max, class F>
 ATTNKIT_ALWAYS_INLINE void with_count(int n, F&& f) {
@@ -37,7 +50,7 @@ ATTNKIT_ALWAYS_INLINE void qk_block(const float* ATTNKIT_RESTRICT qt, const floa
     for (int n = 0; n < G::NR; ++n) acc[m][n] = V(0.f);
   for (index_t c = 0; c < depth; ++c) {
     V qv[G::NR];
-    for (int n = 0; n < G::NR; ++n) qv[n] = V::load_aligned(qt + c * G::Br + n * G::W);
+    for (int n = 0; n < G::NR; ++n) qv[n] = in_register(V::load_aligned(qt + c * G::Br + n * G::W));
     for (int m = 0; m < M; ++m) {
       const V kb(k[m * ks + c]);
       for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(kb, qv[n], acc[m][n]);
@@ -64,7 +77,7 @@ ATTNKIT_ALWAYS_INLINE void pv_block(const float* ATTNKIT_RESTRICT p, int nkeys, 
     for (int n = 0; n < G::NR; ++n) acc[m][n] = V::load_aligned(ot + m * G::Br + n * G::W);
   for (int j = 0; j < nkeys; ++j) {
     V pv[G::NR];
-    for (int n = 0; n < G::NR; ++n) pv[n] = V::load_aligned(p + j * G::Br + n * G::W);
+    for (int n = 0; n < G::NR; ++n) pv[n] = in_register(V::load_aligned(p + j * G::Br + n * G::W));
     for (int m = 0; m < M; ++m) {
       const V vb(v[j * vs + m]);
       for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(vb, pv[n], acc[m][n]);
@@ -126,9 +139,10 @@ ATTNKIT_ALWAYS_INLINE vec<Arch> transpose_sum(const vec<Arch>* rows) {
 }
 
 /// s[j][0..R) for the nkeys key rows at k (row stride ks); q is R rows of depth floats.
-template <class Arch, int R>
+/// ahead(j, n) runs before each block of keys [j, j + n): the caller's prefetches.
+template <class Arch, int R, class Ahead>
 inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_RESTRICT k, index_t ks,
-                         index_t depth, int nkeys, float* ATTNKIT_RESTRICT s) {
+                         index_t depth, int nkeys, float* ATTNKIT_RESTRICT s, Ahead&& ahead) {
   using V = vec<Arch>;
   constexpr int W = static_cast<int>(V::size);
   static_assert(W % R == 0, "rows must divide the vector width");
@@ -137,15 +151,16 @@ inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_R
   int j = 0;
   for (; j < nkeys; j += KB) {
     const int kb_count = std::min(KB, nkeys - j);
+    ahead(j, kb_count);
     const float* kj[KB];
     for (int kb = 0; kb < KB; ++kb) kj[kb] = k + (j + std::min(kb, kb_count - 1)) * ks;  // tail: repeat the last key
     V acc[KB * R];
     for (int a = 0; a < KB * R; ++a) acc[a] = V(0.f);
     for (index_t c = 0; c < body; c += W) {
       V qv[R];
-      for (int r = 0; r < R; ++r) qv[r] = V::load_unaligned(q + r * depth + c);
+      for (int r = 0; r < R; ++r) qv[r] = in_register(V::load_unaligned(q + r * depth + c));
       for (int kb = 0; kb < KB; ++kb) {
-        const V kv = V::load_unaligned(kj[kb] + c);
+        const V kv = in_register(V::load_unaligned(kj[kb] + c));
         for (int r = 0; r < R; ++r) acc[kb * R + r] = xsimd::fma(kv, qv[r], acc[kb * R + r]);
       }
     }
@@ -174,7 +189,7 @@ inline void pv_rows_tile(const float* ATTNKIT_RESTRICT p, int nkeys, const float
       for (int c = 0; c < C; ++c) acc[r][c] = V::load_unaligned(o + r * width + c0 + c * W);
     for (int j = 0; j < nkeys; ++j) {
       V vv[C];
-      for (int c = 0; c < C; ++c) vv[c] = V::load_unaligned(v + j * vs + c0 + c * W);
+      for (int c = 0; c < C; ++c) vv[c] = in_register(V::load_unaligned(v + j * vs + c0 + c * W));
       for (int r = 0; r < R; ++r) {
         const V pb(p[j * R + r]);
         for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
