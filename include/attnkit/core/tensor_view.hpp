@@ -23,13 +23,16 @@ class tensor_view {
   using space = Space;
 
   tensor_view() = default;
-  ATTNKIT_HOST_DEVICE tensor_view(T* data, const std::array<index_t, 4>& extents,
-                                  const std::array<index_t, 4>& strides)
-      : data_(data), extents_(extents), strides_(strides) {}
+  tensor_view(T* data, const std::array<index_t, 4>& extents, const std::array<index_t, 4>& strides)
+      : data_(data) {
+    for (int a = 0; a < 4; ++a) extents_[a] = extents[static_cast<std::size_t>(a)], strides_[a] = strides[static_cast<std::size_t>(a)];
+  }
 
   template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
   ATTNKIT_HOST_DEVICE tensor_view(const tensor_view<U, Space>& other)  // NOLINT: const conversion
-      : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
+      : data_(other.data()) {
+    for (int a = 0; a < 4; ++a) extents_[a] = other.extent(a), strides_[a] = other.stride(a);
+  }
 
   ATTNKIT_HOST_DEVICE T* data() const { return data_; }
   ATTNKIT_HOST_DEVICE index_t batch() const { return extents_[batch_axis]; }
@@ -38,8 +41,8 @@ class tensor_view {
   ATTNKIT_HOST_DEVICE index_t dim() const { return extents_[dim_axis]; }
   ATTNKIT_HOST_DEVICE index_t extent(int a) const { return extents_[a]; }
   ATTNKIT_HOST_DEVICE index_t stride(int a) const { return strides_[a]; }
-  ATTNKIT_HOST_DEVICE const std::array<index_t, 4>& extents() const { return extents_; }
-  ATTNKIT_HOST_DEVICE const std::array<index_t, 4>& strides() const { return strides_; }
+  std::array<index_t, 4> extents() const { return {extents_[0], extents_[1], extents_[2], extents_[3]}; }
+  std::array<index_t, 4> strides() const { return {strides_[0], strides_[1], strides_[2], strides_[3]}; }
   ATTNKIT_HOST_DEVICE index_t size() const { return batch() * heads() * seq() * dim(); }
   ATTNKIT_HOST_DEVICE bool empty() const { return size() == 0; }
 
@@ -54,8 +57,8 @@ class tensor_view {
 
  private:
   T* data_ = nullptr;
-  std::array<index_t, 4> extents_{};
-  std::array<index_t, 4> strides_{};
+  index_t extents_[4] = {};  // plain arrays: readable from device code without std::array
+  index_t strides_[4] = {};
 };
 
 /// Contiguous [batch, heads, seq, dim] (PyTorch's usual layout for attention).
