@@ -1,9 +1,11 @@
 /// \file
 /// The flash engine on the CPU: FlashAttention-2's tiled online softmax (Dao 2023), never
-/// materialising Nq x Nk. Query rows are vector lanes: a tile of Br rows (the query heads of
-/// one GQA group, flattened with their queries) is packed transposed once, so both products
-/// are broadcast-FMA micro-kernels that read K and V in place, and the row-wise max, exp and
-/// sum of the online softmax are plain vertical vector operations.
+/// materialising Nq x Nk. Query rows are vector lanes: a tile of Br queries of one head (or,
+/// for short queries, of all heads of one GQA group) is packed transposed once, so both
+/// products are broadcast-FMA micro-kernels that read K and V in place, and the row-wise max,
+/// exp and sum of the online softmax are plain vertical vector operations. With very few
+/// rows (decode) the products run along the head dimension instead, keys split across
+/// threads and merged by log-sum-exp.
 #pragma once
 
 #include <algorithm>
@@ -78,6 +80,7 @@ index_t tiles_per_group(const problem& pb) {
   return (pb.rows_per_group + G::Br - 1) / G::Br;
 }
 
+/// Fills t with the rows of query tile `tile` of (batch b, KV head hkv) and their key spans.
 template <class G>
 void describe_rows(const softmax& p, const problem& pb, index_t b, index_t hkv, index_t tile, tile_rows<G>& t) {
   t.kmin = std::numeric_limits<index_t>::max();
