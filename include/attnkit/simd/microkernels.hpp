@@ -164,8 +164,13 @@ inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_R
         for (int r = 0; r < R; ++r) acc[kb * R + r] = xsimd::fma(kv, qv[r], acc[kb * R + r]);
       }
     }
+    const V sums_v = transpose_sum<Arch>(acc);
+    if (kb_count == KB && body == depth) {  // lane kb * R + r is s[j + kb][r]: store as is
+      sums_v.store_unaligned(s + j * R);
+      continue;
+    }
     alignas(64) float sums[W];
-    transpose_sum<Arch>(acc).store_aligned(sums);
+    sums_v.store_aligned(sums);
     for (int kb = 0; kb < kb_count; ++kb)
       for (int r = 0; r < R; ++r) {
         float x = sums[kb * R + r];
