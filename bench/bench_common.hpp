@@ -495,8 +495,8 @@ inline double& read_bw_gbps() {
 
 /// Roof settings: full by default; quick under CI (the "tiny" filter, env
 /// ATTNKIT_BENCH_QUICK=1 or --attnkit_quick). ATTNKIT_BENCH_BW_MIB overrides the size of
-/// the bandwidth array. ATTNKIT_BENCH_FMA_ROOF (GFLOP/s) and ATTNKIT_BENCH_READ_BW (GB/s)
-/// replace the measured roofs (fixed denominators for comparing runs on one machine).
+/// the bandwidth array. The roofs are always measured: every ratio's denominator comes from
+/// the same run.
 struct roof_settings {
   double fma_seconds_per_rep = 0.015;  // best of several short runs: robust to brief noise
   int fma_reps = 12;
@@ -519,11 +519,6 @@ inline roof_settings roof_settings_for(bool quick) {
   return s;
 }
 
-inline double env_positive(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? std::max(0.0, std::atof(v)) : 0.0;
-}
-
 /// Measures both roofs, stores them, prints them and adds them to the benchmark context
 /// (so they appear in JSON/CSV output too). Warns when other processes keep the CPUs busy,
 /// because then the roofs (and every timing) read low.
@@ -544,20 +539,10 @@ inline void measure_roofs(bool quick) {
   char line[256];
   std::snprintf(line, sizeof line, "%.1f GFLOP/s measured (%d threads, %d-lane %s, %d accumulators)",
                 fma_roof_gflops(), threads, roof_detail::kLanes, roof_detail::kKind, roof_detail::kAcc);
-  if (const double v = env_positive("ATTNKIT_BENCH_FMA_ROOF"); v > 0) {
-    fma_roof_gflops() = v;
-    std::snprintf(line + std::strlen(line), sizeof line - std::strlen(line),
-                  "; using %.1f from ATTNKIT_BENCH_FMA_ROOF", v);
-  }
   std::printf("FMA roof:       %s\n", line);
   benchmark::AddCustomContext("fma_roof_GFLOPs", line);
   std::snprintf(line, sizeof line, "%.1f GB/s measured (%d threads, %zu MiB array)", read_bw_gbps(), threads,
                 s.bw_bytes >> 20);
-  if (const double v = env_positive("ATTNKIT_BENCH_READ_BW"); v > 0) {
-    read_bw_gbps() = v;
-    std::snprintf(line + std::strlen(line), sizeof line - std::strlen(line),
-                  "; using %.1f from ATTNKIT_BENCH_READ_BW", v);
-  }
   std::printf("Read bandwidth: %s\n", line);
   benchmark::AddCustomContext("read_bw_GBps", line);
   std::printf("(roofs measured in %.2f s%s)\n", took, quick ? ", quick mode" : "");
