@@ -420,3 +420,20 @@ TEST_CASE("executor: concurrent parallel_for from 4 user threads", "[core][execu
     REQUIRE(wrong == 0);
   }
 }
+
+TEST_CASE("executor: an exception thrown by an item reaches the caller", "[core][executor]") {
+  const int threads = GENERATE(1, 2, 0);
+  CAPTURE(threads);
+  std::atomic<int> ran{0};
+  CHECK_THROWS_AS(attnkit::detail::parallel_for(1000, threads,
+                                                [&](attnkit::index_t i) {
+                                                  ++ran;
+                                                  if (i == 5) throw std::runtime_error("item 5");
+                                                }),
+                  std::runtime_error);
+  CHECK(ran.load() >= 1);
+  // the pool is still usable afterwards
+  std::atomic<int> again{0};
+  attnkit::detail::parallel_for(100, threads, [&](attnkit::index_t) { ++again; });
+  CHECK(again.load() == 100);
+}

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -31,7 +32,8 @@ inline int hardware_threads() {
 namespace detail {
 
 /// One parallel_for call: items are claimed with an atomic counter by the caller and by
-/// any pool worker that joins, up to `max_workers` threads in all.
+/// any pool worker that joins, up to `max_workers` threads in all. The first exception an
+/// item throws stops the claiming and is rethrown to the caller.
 struct job {
   void (*run)(void* context, index_t item) = nullptr;
   void* context = nullptr;
@@ -39,11 +41,20 @@ struct job {
   int max_workers = 1;
   std::atomic<index_t> next{0};
   int joined = 1;  // the caller; guarded by the pool mutex
+  std::exception_ptr failure;  // guarded by failure_mutex
+  std::mutex failure_mutex;
 
   void drain() {
     for (index_t i = next.fetch_add(1, std::memory_order_relaxed); i < items;
-         i = next.fetch_add(1, std::memory_order_relaxed))
-      run(context, i);
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      try {
+        run(context, i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+        next.store(items, std::memory_order_relaxed);
+      }
+    }
   }
 };
 
@@ -69,6 +80,7 @@ class thread_pool {
     std::unique_lock<std::mutex> lock(mutex_);
     queue_.erase(std::remove(queue_.begin(), queue_.end(), &j), queue_.end());
     done_.wait(lock, [&] { return j.joined == 1; });
+    if (j.failure) std::rethrow_exception(j.failure);
   }
 
   thread_pool(const thread_pool&) = delete;
