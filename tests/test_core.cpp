@@ -437,3 +437,23 @@ TEST_CASE("executor: an exception thrown by an item reaches the caller", "[core]
   attnkit::detail::parallel_for(100, threads, [&](attnkit::index_t) { ++again; });
   CHECK(again.load() == 100);
 }
+
+TEST_CASE("executor: many short concurrent jobs (claim races)", "[core][executor]") {
+  // Short jobs from several user threads make a worker wake for a job whose items are
+  // claimed a moment later: the worker must neither crash nor lose an item.
+  for (int rep = 0; rep < 500; ++rep) {
+    std::atomic<long> sum{0};
+    std::vector<std::thread> users;
+    for (int u = 0; u < 3; ++u)
+      users.emplace_back([&, u] {
+        attnkit::detail::parallel_for(1 + (rep + u) % 7, 0, [&](attnkit::index_t i) { sum += i + 1; });
+      });
+    for (auto& t : users) t.join();
+    long expected = 0;
+    for (int u = 0; u < 3; ++u) {
+      const long n = 1 + (rep + u) % 7;
+      expected += n * (n + 1) / 2;
+    }
+    REQUIRE(sum.load() == expected);
+  }
+}

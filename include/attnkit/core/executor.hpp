@@ -103,9 +103,11 @@ class thread_pool {
   void work() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      wake_.wait(lock, [&] { return stopping_ || open_job() != nullptr; });
+      // Take the job the wake-up condition found: asking again could find none, since the
+      // claim counter moves without the mutex.
+      job* j = nullptr;
+      wake_.wait(lock, [&] { return stopping_ || (j = open_job()) != nullptr; });
       if (stopping_) return;
-      job* j = open_job();
       ++j->joined;
       lock.unlock();
       j->drain();
