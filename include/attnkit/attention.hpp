@@ -12,7 +12,16 @@
 #include "core/options.hpp"
 #include "core/tensor_view.hpp"
 #include "engines/flash.hpp"
+#include "reference/custom.hpp"
+#include "reference/masked.hpp"
+#include "reference/neighborhood.hpp"
+#include "reference/power.hpp"
+#include "reference/radial.hpp"
 #include "reference/softmax.hpp"
+#include "variants/custom.hpp"
+#include "variants/neighborhood.hpp"
+#include "variants/power.hpp"
+#include "variants/radial.hpp"
 #include "variants/softmax.hpp"
 
 namespace attnkit {
@@ -26,8 +35,13 @@ inline constexpr bool is_runnable_space_v =
     std::is_same_v<Space, host>;
 #endif
 
+/// A policy runs on the flash engine when its variant header defines its plan.
+template <class Policy, class = void>
+struct is_flash_policy : std::false_type {};
 template <class Policy>
-inline constexpr bool is_flash_policy_v = std::is_same_v<Policy, softmax>;
+struct is_flash_policy<Policy, std::void_t<decltype(sizeof(flash::flash_plan<Policy>))>> : std::true_type {};
+template <class Policy>
+inline constexpr bool is_flash_policy_v = is_flash_policy<Policy>::value;
 }  // namespace detail
 
 /// Runs attention variant `p` on q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv] into

@@ -9,4 +9,8 @@
 #include "core/options.hpp"
 #include "core/tensor_view.hpp"
 #include "core/types.hpp"
+#include "variants/custom.hpp"
+#include "variants/neighborhood.hpp"
+#include "variants/power.hpp"
+#include "variants/radial.hpp"
 #include "variants/softmax.hpp"

@@ -25,14 +25,12 @@
 #include "../simd/exp.hpp"
 #include "../simd/microkernels.hpp"
 #include "../variants/softmax.hpp"
+#include "flash_plan.hpp"
+#include "flash_strips.hpp"
 
 namespace attnkit::detail::flash {
 
-inline constexpr float log2e = 1.4426950408889634f;
-inline constexpr float ln2 = 0.6931471805599453f;
-inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-
-/// Tile shape: Br = NR vectors of W query rows, Bc keys per key tile. With rows in lanes the
+/// Tile shape: Br = NR vectors of W query rows, Bc keys per key chunk. With rows in lanes the
 /// micro-kernels hold MR x NR accumulators; otherwise (few rows, decode) the products run
 /// along the head dimension on the widest vectors and only the softmax uses Arch. Bf16Dot:
 /// bf16 inputs multiplied by the AVX512_BF16 dot product (rows in lanes, 16 lanes only).
@@ -46,91 +44,23 @@ struct geometry {
   static constexpr int NR = NR_;
   static constexpr int MR = (simd::registers<Arch> == 32 || NR_ == 1) ? 8 : 4;
   static constexpr int Br = W * NR;
-  static constexpr int Bc = RowsInLanes ? 64 : 256;  // few rows: longer K/V streams per tile
+  static constexpr int Bc = RowsInLanes ? 64 : 256;  // few rows: longer K/V streams per chunk
+  using rows = tile_rows<Br>;
 };
 
-/// Everything about one call the tiles need, with scores in base-2 units (exp2 is cheaper).
-struct problem {
-  index_t batch, q_heads, kv_heads, group, nq, nk, d, dv;
-  index_t rows_per_group;   // group * nq: the rows that share one KV head
-  float scale2;             // scale * log2(e)
-  float cap2;               // softcap * log2(e); 0: off
-  const float* slopes;      // ALiBi slope per query head, or null
-};
-
-/// The query rows of one tile: their visible key spans, and the key range of the tile.
-template <class G>
-struct tile_rows {
-  alignas(64) std::int32_t lo[G::Br];
-  alignas(64) std::int32_t hi[G::Br];
-  alignas(64) float pos[G::Br];     // key-space position of the query (ALiBi distance)
-  alignas(64) float slope2[G::Br];  // ALiBi slope * log2(e)
-  index_t head[G::Br], query[G::Br];
-  int rows = 0;                     // valid rows; lanes beyond are padding
-  index_t kmin = 0, kmax = -1;      // union of the spans (empty when kmin > kmax)
-  index_t full_lo = 0, full_hi = -1;  // intersection of the non-empty spans
-};
-
-/// Query tiles per (batch, KV head). A head with at least Br queries gets tiles of its own, so
-/// each tile covers one band of keys; fewer queries are packed across the heads of the GQA
-/// group (decode), which then share every K/V tile they read.
-template <class G>
-index_t tiles_per_group(const problem& pb) {
-  if (pb.nq >= G::Br) return pb.group * ((pb.nq + G::Br - 1) / G::Br);
-  return (pb.rows_per_group + G::Br - 1) / G::Br;
-}
-
-/// Fills t with the rows of query tile `tile` of (batch b, KV head hkv) and their key spans.
-template <class G>
-void describe_rows(const softmax& p, const problem& pb, index_t b, index_t hkv, index_t tile, tile_rows<G>& t) {
-  t.kmin = std::numeric_limits<index_t>::max();
-  t.kmax = -1;
-  t.full_lo = 0;
-  t.full_hi = std::numeric_limits<index_t>::max();
-  t.rows = 0;
-  const index_t lq_all = pb.nq, lk_all = pb.nk;
-  const bool own_tiles = pb.nq >= G::Br;
-  const index_t tiles_per_head = (pb.nq + G::Br - 1) / G::Br;
-  for (int r = 0; r < G::Br; ++r) {
-    const index_t rg = own_tiles ? tile / tiles_per_head * pb.nq + tile % tiles_per_head * G::Br + r : tile * G::Br + r;
-    const bool valid = own_tiles ? tile % tiles_per_head * G::Br + r < pb.nq : rg < pb.rows_per_group;
-    if (!valid) {
-      t.lo[r] = 0, t.hi[r] = -1, t.pos[r] = 0, t.slope2[r] = 0, t.head[r] = 0, t.query[r] = 0;
-      continue;
-    }
-    t.rows = r + 1;
-    const index_t i = rg % pb.nq, hq = hkv * pb.group + rg / pb.nq;
-    const key_span s = softmax_span(p, b, i, lq_all, lk_all);
-    const index_t lq = p.query_lens ? p.query_lens[b] : lq_all, lk = p.key_lens ? p.key_lens[b] : lk_all;
-    t.head[r] = hq;
-    t.query[r] = i;
-    t.lo[r] = static_cast<std::int32_t>(std::min<index_t>(s.lo, lk_all));
-    t.hi[r] = static_cast<std::int32_t>(std::max<index_t>(s.hi, -1));
-    t.pos[r] = static_cast<float>(i + lk - lq);
-    t.slope2[r] = pb.slopes ? pb.slopes[hq] * log2e : 0.f;
-    if (s.lo <= s.hi) {
-      t.kmin = std::min(t.kmin, s.lo);
-      t.kmax = std::max(t.kmax, s.hi);
-      t.full_lo = std::max(t.full_lo, s.lo);
-      t.full_hi = std::min(t.full_hi, s.hi);
-    }
-  }
-  if (t.kmax < 0) t.kmin = 0;
-}
-
-/// Rows [j0, j0 + n) of head (b, h) of t as floats with unit stride along dim; points into
-/// t itself when it already is, otherwise converts into buf.
+/// Key rows first, first + step, ... (n of them) of head (b, h) of t as floats with unit
+/// stride along dim; points into t itself when it already is, otherwise converts into buf.
 template <class T>
-const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, index_t j0, index_t n, float* buf,
-                        index_t& row_stride) {
+const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step, index_t n,
+                        float* buf, index_t& row_stride) {
   if constexpr (std::is_same_v<T, float>) {
     if (t.stride(dim_axis) == 1) {
-      row_stride = t.stride(seq_axis);
-      return t.row(b, h, j0);
+      row_stride = step * t.stride(seq_axis);
+      return t.row(b, h, first);
     }
   }
   const index_t dd = t.dim();
-  for (index_t r = 0; r < n; ++r) simd::to_float_row(t.row(b, h, j0 + r), t.stride(dim_axis), dd, buf + r * dd);
+  for (index_t r = 0; r < n; ++r) simd::to_float_row(t.row(b, h, first + r * step), t.stride(dim_axis), dd, buf + r * dd);
   row_stride = dd;
   return buf;
 }
@@ -142,13 +72,76 @@ ATTNKIT_ALWAYS_INLINE void prefetch_row(const T* row, index_t bytes) {
   for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 1);  // to L2: spares L1 fill buffers
 }
 
-/// One online-softmax step over a key tile whose scores s[j][row] (base 2) are computed:
-/// transform, mask (partial tiles only), new running max, exponentials in place, rescale.
+/// One chunk of a run: keys key0, key0 + step, ... (nkeys of them) at run positions pos0, ...
+struct chunk {
+  index_t key0, step, pos0;
+  index_t last_key;  // the last key of the run this tile visits (prefetching stops there)
+  int nkeys;
+  bool partial;     // some row does not keep every key: apply the spans
+  bool token_mask;  // the plan's keep() decides per token
+};
+
+/// Calls f(chunk) for the chunks of tile t that fall in [kbeg, kend) of its key sequence (its
+/// runs one after the other). Runs and chunks that no row keeps are skipped.
+template <class G, class Plan, class F>
+void for_each_chunk(const Plan& plan, typename G::rows& t, index_t b, index_t kbeg, index_t kend, F&& f) {
+  index_t offset = 0;  // position of the run in the tile's key sequence
+  plan.for_each_run(b, t, [&](const key_run& run) {
+    const index_t r0 = std::max<index_t>(kbeg - offset, 0), r1 = std::min<index_t>(kend - offset, run.count);
+    offset += run.count;
+    if (r0 >= r1) return;
+    // Full positions: kept by every live row; any positions: kept by some row.
+    index_t full_lo = 0, full_hi = run.count - 1, any_lo = run.count, any_hi = -1;
+    for (int r = 0; r < t.rows; ++r) {
+      if (!t.live[r]) continue;
+      full_lo = std::max<index_t>(full_lo, t.lo[r]);
+      full_hi = std::min<index_t>(full_hi, t.hi[r]);
+      if (t.lo[r] <= t.hi[r]) any_lo = std::min<index_t>(any_lo, t.lo[r]), any_hi = std::max<index_t>(any_hi, t.hi[r]);
+    }
+    if (run.token_mask) any_lo = 0, any_hi = run.count - 1;
+    const index_t end = std::min(r1, any_hi + 1), last_key = run.first + (end - 1) * run.step;
+    for (index_t pos0 = std::max(r0, any_lo); pos0 < end; pos0 += G::Bc) {
+      const int nkeys = static_cast<int>(std::min<index_t>(G::Bc, end - pos0));
+      const bool partial = pos0 < full_lo || pos0 + nkeys - 1 > full_hi;
+      f(chunk{run.first + pos0 * run.step, run.step, pos0, last_key, nkeys, partial && !run.token_mask,
+              run.token_mask});
+    }
+  });
+}
+
+/// Total keys in the runs of tile t (the length of its key sequence).
+template <class G, class Plan>
+index_t tile_keys(const Plan& plan, typename G::rows& t, index_t b) {
+  index_t n = 0;
+  plan.for_each_run(b, t, [&](const key_run& run) { n += run.count; });
+  return n;
+}
+
+/// Custom policies: keep() masks and score() transforms each score of a chunk (scalar calls).
+template <class G, class Plan>
+void apply_token_callables(const Plan& plan, const typename G::rows& t, index_t b, const chunk& c, float* s) {
+  if (!c.token_mask && !Plan::has_score) return;
+  for (int j = 0; j < c.nkeys; ++j) {
+    const index_t key = c.key0 + j * c.step;
+    for (int r = 0; r < t.rows; ++r) {
+      float& x = s[j * G::Br + r];
+      if (c.token_mask && !plan.keep(b, t.head[r], t.query[r], key)) {
+        x = neg_inf;
+      } else if constexpr (Plan::has_score) {
+        x = plan.score(x * ln2, b, t.head[r], t.query[r], key) * log2e;
+      }
+    }
+  }
+}
+
+/// One online-softmax step over a chunk whose scores s[j][row] (base 2) are computed:
+/// transform, mask (partial chunks only), new running max, exponentials in place, rescale.
 template <class G, bool Cap, bool Alibi, bool Mask>
-ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const tile_rows<G>& t, index_t j0, int nkeys,
+ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename G::rows& t, const chunk& c,
                                                float* s, typename G::V* m, typename G::V* l, float* ot) {
   using V = typename G::V;
   using IV = simd::ivec<typename G::arch>;
+  const int nkeys = c.nkeys;
   for (int n = 0; n < G::NR; ++n) {
     const int lane0 = n * G::W;
     V mx = m[n];
@@ -161,9 +154,9 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const tile_row
       V x = V::load_aligned(sj);
       if constexpr (G::bf16_dot) x *= scale;  // q stays exact in bf16, so the scale comes here
       if constexpr (Cap) x = cap * simd::tanh<typename G::arch>(x * inv_cap);
-      if constexpr (Alibi) x = xsimd::fnma(slope, xsimd::abs(pos - V(static_cast<float>(j0 + j))), x);
+      if constexpr (Alibi) x = xsimd::fnma(slope, xsimd::abs(pos - V(static_cast<float>(c.key0 + j * c.step))), x);
       if constexpr (Mask) {
-        const IV jv(static_cast<std::int32_t>(j0 + j));
+        const IV jv(static_cast<std::int32_t>(c.pos0 + j));
         const auto visible = (jv >= lo) & (jv <= hi);
         x = xsimd::select(xsimd::bool_cast(visible), x, V(neg_inf));
       }
@@ -184,22 +177,33 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const tile_row
     m[n] = mx;
     if (xsimd::any(alpha != V(1.f))) {
       if constexpr (G::rows_in_lanes) {
-        for (index_t c = 0; c < pb.dv; ++c) {
-          float* oc = ot + c * G::Br + lane0;
+        for (index_t col = 0; col < pb.dv; ++col) {
+          float* oc = ot + col * G::Br + lane0;
           (V::load_aligned(oc) * alpha).store_aligned(oc);
         }
       } else {
         alignas(64) float a[G::W];
         alpha.store_aligned(a);
         for (int r = 0; r < G::W; ++r)
-          for (index_t c = 0; c < pb.dv; ++c) ot[(lane0 + r) * pb.dv + c] *= a[r];
+          for (index_t col = 0; col < pb.dv; ++col) ot[(lane0 + r) * pb.dv + col] *= a[r];
       }
     }
   }
 }
 
+/// The masking and softmax of one chunk: token callables, then spans on partial chunks.
+template <class G, bool Cap, bool Alibi, class Plan>
+ATTNKIT_ALWAYS_INLINE void softmax_chunk(const Plan& plan, const problem& pb, const typename G::rows& t, index_t b,
+                                         const chunk& c, float* s, typename G::V* m, typename G::V* l, float* ot) {
+  if constexpr (Plan::token_callables) apply_token_callables<G>(plan, t, b, c, s);
+  if (c.partial)
+    online_softmax_step<G, Cap, Alibi, true>(pb, t, c, s, m, l, ot);
+  else
+    online_softmax_step<G, Cap, Alibi, false>(pb, t, c, s, m, l, ot);
+}
+
 /// Scratch of one worker, carved from its arena: packed Q, the output accumulator, the score
-/// tile, converted K/V tiles, and (bf16 dot) the probabilities packed in pairs. 32-bit slots.
+/// tile, converted K/V chunks, and (bf16 dot) the probabilities packed in pairs. 32-bit slots.
 template <class G>
 struct scratch {
   float *qt, *ot, *s, *kbuf, *vbuf, *pp;
@@ -219,10 +223,10 @@ struct scratch {
   }
 };
 
-/// Runs the key range [kbeg, kend) for one query tile; leaves the unnormalised output in
-/// sc.ot (transposed) and the running max / sum (base 2) in m, l.
-template <class G, bool Cap, bool Alibi, class Q, class K, class Vt>
-void process_tile(const problem& pb, const tile_rows<G>& t, const tensor_view<const Q>& q,
+/// Runs the keys [kbeg, kend) of the tile's key sequence for one query tile; leaves the
+/// unnormalised output in sc.ot (transposed) and the running max / sum (base 2) in m, l.
+template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt>
+void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const Q>& q,
                   const tensor_view<const K>& k, const tensor_view<const Vt>& v, index_t b, index_t hkv,
                   index_t kbeg, index_t kend, const scratch<G>& sc, typename G::V* m, typename G::V* l) {
   using V = typename G::V;
@@ -243,41 +247,37 @@ void process_tile(const problem& pb, const tile_rows<G>& t, const tensor_view<co
 
   [[maybe_unused]] const index_t k_row_bytes = pb.d * k.stride(dim_axis) * static_cast<index_t>(sizeof(K)),
                                  v_row_bytes = pb.dv * v.stride(dim_axis) * static_cast<index_t>(sizeof(Vt));
-  for (index_t j0 = kbeg; j0 < kend; j0 += G::Bc) {
-    const int nkeys = static_cast<int>(std::min<index_t>(G::Bc, kend - j0));
-    const bool partial = j0 < t.full_lo || j0 + nkeys - 1 > t.full_hi;
+  for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& c) {
     index_t ks, vs;
-    const float* kp = float_rows(k, b, hkv, j0, nkeys, sc.kbuf, ks);
+    const float* kp = float_rows(k, b, hkv, c.key0, c.step, c.nkeys, sc.kbuf, ks);
     if constexpr (G::rows_in_lanes) {
-      simd::qk_tile<G>(sc.qt, kp, ks, pb.d, nkeys, sc.s);
+      simd::qk_tile<G>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s);
     } else {
-      // Few rows do little work per byte, so K/V stream from DRAM: ask for the next tile's
-      // keys and values while this tile's scores are computed.
+      // Few rows do little work per byte, so K/V stream from DRAM: ask for the next chunk's
+      // keys and values while this chunk's scores are computed (within the tile's range).
+      const index_t next = c.key0 + G::Bc * c.step;
       const auto ahead = [&](int j, int n) {
-        for (index_t r = j0 + G::Bc + j; r < std::min<index_t>(j0 + G::Bc + j + n, kend); ++r) {
+        for (index_t r = next + j * c.step; r <= std::min(c.last_key, next + (j + n - 1) * c.step); r += c.step) {
           prefetch_row(k.row(b, hkv, r), k_row_bytes);
           prefetch_row(v.row(b, hkv, r), v_row_bytes);
         }
       };
-      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, nkeys, sc.s, ahead);
+      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s, ahead);
     }
-    if (partial)
-      online_softmax_step<G, Cap, Alibi, true>(pb, t, j0, nkeys, sc.s, m, l, sc.ot);
-    else
-      online_softmax_step<G, Cap, Alibi, false>(pb, t, j0, nkeys, sc.s, m, l, sc.ot);
-    const float* vp = float_rows(v, b, hkv, j0, nkeys, sc.vbuf, vs);
+    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, m, l, sc.ot);
+    const float* vp = float_rows(v, b, hkv, c.key0, c.step, c.nkeys, sc.vbuf, vs);
     if constexpr (G::rows_in_lanes)
-      simd::pv_tile<G>(sc.s, nkeys, vp, vs, pb.dv, sc.ot);
+      simd::pv_tile<G>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot);
     else
-      simd::pv_rows_tile<simd::wide_arch, G::Br>(sc.s, nkeys, vp, vs, pb.dv, sc.ot);
-  }
+      simd::pv_rows_tile<simd::wide_arch, G::Br>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot);
+  });
 }
 
 #if defined(__AVX512BF16__)
 /// process_tile for bf16 q, k, v on the AVX512_BF16 dot product: operands stay bf16 (packed in
 /// pairs along each product's reduction axis), accumulation and the softmax stay float.
-template <class G, bool Cap, bool Alibi>
-void process_tile_bf16(const problem& pb, const tile_rows<G>& t, const tensor_view<const bf16>& q,
+template <class G, bool Cap, bool Alibi, class Plan>
+void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const bf16>& q,
                        const tensor_view<const bf16>& k, const tensor_view<const bf16>& v, index_t b, index_t hkv,
                        index_t kbeg, index_t kend, const scratch<G>& sc, typename G::V* m, typename G::V* l) {
   using V = typename G::V;
@@ -300,43 +300,39 @@ void process_tile_bf16(const problem& pb, const tile_rows<G>& t, const tensor_vi
   auto* kbuf = reinterpret_cast<std::uint16_t*>(sc.kbuf);
   auto* vp = reinterpret_cast<std::uint32_t*>(sc.vbuf);
   auto* pp = reinterpret_cast<std::uint32_t*>(sc.pp);
-  for (index_t j0 = kbeg; j0 < kend; j0 += G::Bc) {
-    const int nkeys = static_cast<int>(std::min<index_t>(G::Bc, kend - j0));
-    const bool partial = j0 < t.full_lo || j0 + nkeys - 1 > t.full_hi;
-    const std::uint16_t* kp = reinterpret_cast<const std::uint16_t*>(k.row(b, hkv, j0));
-    index_t ks = k.stride(seq_axis);
+  const index_t vds = v.stride(dim_axis);
+  for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& ch) {
+    const std::uint16_t* kp = reinterpret_cast<const std::uint16_t*>(k.row(b, hkv, ch.key0));
+    index_t ks = ch.step * k.stride(seq_axis);
     if (!k_in_place) {
-      for (int r = 0; r < nkeys; ++r)
+      for (int r = 0; r < ch.nkeys; ++r)
         for (index_t c = 0; c < 2 * pairs; ++c)
-          kbuf[r * 2 * pairs + c] = static_cast<std::uint16_t>(bits(k.row(b, hkv, j0 + r), k.stride(dim_axis), c, pb.d));
+          kbuf[r * 2 * pairs + c] =
+              static_cast<std::uint16_t>(bits(k.row(b, hkv, ch.key0 + r * ch.step), k.stride(dim_axis), c, pb.d));
       kp = kbuf;
       ks = 2 * pairs;
     }
-    simd::bf16dot::qk_tile<G>(qt, kp, ks, pairs, nkeys, sc.s);
-    if (partial)
-      online_softmax_step<G, Cap, Alibi, true>(pb, t, j0, nkeys, sc.s, m, l, sc.ot);
-    else
-      online_softmax_step<G, Cap, Alibi, false>(pb, t, j0, nkeys, sc.s, m, l, sc.ot);
-    simd::bf16dot::pack_probabilities<G>(sc.s, nkeys, pp);
-    const index_t vds = v.stride(dim_axis);
-    for (int j = 0; j < nkeys; j += 2) {
-      const bf16* v0 = v.row(b, hkv, j0 + j);
-      const bf16* v1 = j + 1 < nkeys ? v.row(b, hkv, j0 + j + 1) : nullptr;
+    simd::bf16dot::qk_tile<G>(qt, kp, ks, pairs, ch.nkeys, sc.s);
+    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, ch, sc.s, m, l, sc.ot);
+    simd::bf16dot::pack_probabilities<G>(sc.s, ch.nkeys, pp);
+    for (int j = 0; j < ch.nkeys; j += 2) {
+      const bf16* v0 = v.row(b, hkv, ch.key0 + j * ch.step);
+      const bf16* v1 = j + 1 < ch.nkeys ? v.row(b, hkv, ch.key0 + (j + 1) * ch.step) : nullptr;
       std::uint32_t* dst = vp + (j / 2) * pb.dv;
       if (v1)
         for (index_t c = 0; c < pb.dv; ++c) dst[c] = v0[c * vds].bits | static_cast<std::uint32_t>(v1[c * vds].bits) << 16;
       else
         for (index_t c = 0; c < pb.dv; ++c) dst[c] = v0[c * vds].bits;
     }
-    simd::bf16dot::pv_tile<G>(pp, (nkeys + 1) / 2, vp, pb.dv, sc.ot);
-  }
+    simd::bf16dot::pv_tile<G>(pp, (ch.nkeys + 1) / 2, vp, pb.dv, sc.ot);
+  });
 }
 #endif
 
-/// One unit of work: a query tile of one (batch, KV head), over a chunk of its key range.
+/// One unit of work: a query tile of one (batch, KV head), over a stretch of its key sequence.
 struct work_item {
   index_t b, hkv, tile;
-  index_t kbeg, kend;  // keys visited
+  index_t kbeg, kend;  // positions in the tile's key sequence
   index_t slot;        // partial-result slot when keys are split, else -1
 };
 
@@ -349,35 +345,37 @@ inline index_t key_splits(index_t busy_tiles, index_t max_keys) {
   return std::max<index_t>(1, std::min(wanted, max_keys / min_chunk));
 }
 
-template <class G, bool Cap, bool Alibi, class Q, class K, class Vt, class O>
-void run_tiles(const softmax& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
+template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt, class O>
+void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
   using V = typename G::V;
-  const index_t tiles = tiles_per_group<G>(pb);
+  const index_t tiles = plan.tiles();
   const index_t groups = pb.batch * pb.kv_heads;
 
-  // Plan: the key range of every tile; split long ranges when there are too few tiles.
-  std::vector<std::pair<index_t, index_t>> ranges(static_cast<std::size_t>(groups * tiles));
+  // The length of every tile's key sequence; split long ones when there are too few tiles.
+  std::vector<index_t> lengths(static_cast<std::size_t>(groups * tiles));
   index_t busy = 0, longest = 0;
-  for (index_t gi = 0; gi < groups; ++gi)
+  parallel_for(groups, o.threads, [&](index_t gi) {
+    typename G::rows t;
     for (index_t tile = 0; tile < tiles; ++tile) {
-      tile_rows<G> t;
-      describe_rows(p, pb, gi / pb.kv_heads, gi % pb.kv_heads, tile, t);
-      ranges[static_cast<std::size_t>(gi * tiles + tile)] = {t.kmin, t.kmax + 1};
-      if (t.kmax >= t.kmin) ++busy, longest = std::max(longest, t.kmax + 1 - t.kmin);
+      plan.describe(gi / pb.kv_heads, gi % pb.kv_heads, tile, t);
+      lengths[static_cast<std::size_t>(gi * tiles + tile)] = tile_keys<G>(plan, t, gi / pb.kv_heads);
     }
+  });
+  for (index_t n : lengths) busy += n > 0, longest = std::max(longest, n);
   const index_t splits = key_splits(busy, longest);
 
   std::vector<work_item> items;
-  items.reserve(static_cast<std::size_t>(groups * tiles * splits));
+  items.reserve(static_cast<std::size_t>(busy * splits));
   for (index_t gi = 0; gi < groups; ++gi)
     for (index_t tile = 0; tile < tiles; ++tile) {
-      const auto [kb, ke] = ranges[static_cast<std::size_t>(gi * tiles + tile)];
-      const index_t chunk = ((ke - kb + splits - 1) / splits + G::Bc - 1) / G::Bc * G::Bc;
+      const index_t n = lengths[static_cast<std::size_t>(gi * tiles + tile)];
+      const index_t chunk = ((n + splits - 1) / splits + G::Bc - 1) / G::Bc * G::Bc;
       for (index_t c = 0; c < splits; ++c) {
-        const index_t cb = std::min(ke, kb + c * chunk), ce = std::min(ke, cb + chunk);
+        const index_t cb = std::min(n, c * chunk), ce = std::min(n, cb + chunk);
         const index_t slot = splits > 1 ? (gi * tiles + tile) * splits + c : -1;
-        items.push_back({gi / pb.kv_heads, gi % pb.kv_heads, tile, cb, ce, slot});
+        // Tiles that visit nothing still run, with no keys: their rows are written as zeros.
+        if (c == 0 || cb < ce) items.push_back({gi / pb.kv_heads, gi % pb.kv_heads, tile, cb, ce, slot});
       }
     }
   // Longest first, so the dynamic schedule ends with short items (causal tiles vary 1:N).
@@ -385,11 +383,12 @@ void run_tiles(const softmax& p, const problem& pb, const tensor_view<const Q>& 
     return a.kend - a.kbeg > b.kend - b.kbeg;
   });
 
-  // Split results: normalised partial outputs [slot][row][dv] and their base-2 lse.
+  // Split results: normalised partial outputs [slot][row][dv] and their base-2 lse (-inf
+  // for a chunk that was not run).
   std::vector<float> part_out, part_lse;
   if (splits > 1) {
-    part_out.resize(static_cast<std::size_t>(groups * tiles * splits * G::Br * pb.dv));
-    part_lse.resize(static_cast<std::size_t>(groups * tiles * splits * G::Br));
+    part_out.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br * pb.dv), 0.f);
+    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), neg_inf);
   }
 
   // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
@@ -401,20 +400,20 @@ void run_tiles(const softmax& p, const problem& pb, const tensor_view<const Q>& 
 
   parallel_for(static_cast<index_t>(items.size()), o.threads, [&](index_t n) {
     const work_item& w = items[static_cast<std::size_t>(n)];
-    tile_rows<G> t;
-    describe_rows(p, pb, w.b, w.hkv, w.tile, t);
+    typename G::rows t;
+    plan.describe(w.b, w.hkv, w.tile, t);
     const scratch<G> sc(pb);
     V m[G::NR], l[G::NR];
 #if defined(__AVX512BF16__)
     if constexpr (G::bf16_dot)
-      process_tile_bf16<G, Cap, Alibi>(pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
+      process_tile_bf16<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
     else
 #endif
-      process_tile<G, Cap, Alibi>(pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
+      process_tile<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
     alignas(64) float mr[G::Br], lr[G::Br];
     for (int i = 0; i < G::NR; ++i) m[i].store_aligned(mr + i * G::W), l[i].store_aligned(lr + i * G::W);
     for (int r = 0; r < t.rows; ++r) {
-      const bool seen = t.lo[r] <= t.hi[r] && lr[r] != 0.f;  // a NaN sum is seen: NaN propagates
+      const bool seen = t.live[r] && lr[r] != 0.f;  // a NaN sum is seen: NaN propagates
       const float inv = seen ? 1.f / lr[r] : 0.f;
       const float lse2 = seen ? mr[r] + std::log2(lr[r]) : neg_inf;
       const float* src = G::rows_in_lanes ? sc.ot + r : sc.ot + r * pb.dv;
@@ -432,9 +431,9 @@ void run_tiles(const softmax& p, const problem& pb, const tensor_view<const Q>& 
 
   // Merge the chunks of each tile by their log-sum-exp, in chunk order.
   parallel_for(groups * tiles, o.threads, [&](index_t gt) {
-    tile_rows<G> t;
+    typename G::rows t;
     const index_t b = gt / tiles / pb.kv_heads, hkv = gt / tiles % pb.kv_heads, tile = gt % tiles;
-    describe_rows(p, pb, b, hkv, tile, t);
+    plan.describe(b, hkv, tile, t);
     float* merged = static_cast<float*>(thread_arena().reserve(static_cast<std::size_t>(pb.dv) * sizeof(float)));
     for (int r = 0; r < t.rows; ++r) {
       const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
@@ -454,20 +453,20 @@ void run_tiles(const softmax& p, const problem& pb, const tensor_view<const Q>& 
   });
 }
 
-template <class G, class Q, class K, class Vt, class O>
-void run_geometry(const softmax& p, const problem& pb, const tensor_view<const Q>& q,
-                  const tensor_view<const K>& k, const tensor_view<const Vt>& v, const tensor_view<O>& out,
-                  const options& o) {
+template <class G, class Policy, class Q, class K, class Vt, class O>
+void run_geometry(const Policy& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
+                  const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
+  const flash_plan<Policy> plan(p, pb, G::Br);
   const bool cap = pb.cap2 > 0, alibi = pb.slopes != nullptr;
-  if (cap && alibi) return run_tiles<G, true, true>(p, pb, q, k, v, out, o);
-  if (cap) return run_tiles<G, true, false>(p, pb, q, k, v, out, o);
-  if (alibi) return run_tiles<G, false, true>(p, pb, q, k, v, out, o);
-  run_tiles<G, false, false>(p, pb, q, k, v, out, o);
+  if (cap && alibi) return run_tiles<G, true, true>(plan, pb, q, k, v, out, o);
+  if (cap) return run_tiles<G, true, false>(plan, pb, q, k, v, out, o);
+  if (alibi) return run_tiles<G, false, true>(plan, pb, q, k, v, out, o);
+  run_tiles<G, false, false>(plan, pb, q, k, v, out, o);
 }
 
-/// Softmax attention on the CPU (arguments already validated).
-template <class Q, class K, class Vt, class O>
-void run(const softmax& p, const tensor_view<const Q>& q, const tensor_view<const K>& k,
+/// Any flash policy on the CPU (arguments already validated).
+template <class Policy, class Q, class K, class Vt, class O>
+void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const K>& k,
          const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
   problem pb{};
   pb.batch = q.batch();
@@ -480,23 +479,36 @@ void run(const softmax& p, const tensor_view<const Q>& q, const tensor_view<cons
   pb.dv = v.dim();
   pb.rows_per_group = pb.group * pb.nq;
   pb.scale2 = effective_scale(p.scale, pb.d) * log2e;
-  pb.cap2 = p.softcap * log2e;
-  pb.slopes = p.alibi_slopes;
+  pb.cap2 = 0;
+  pb.slopes = nullptr;
+  if constexpr (std::is_same_v<Policy, softmax>) {
+    pb.cap2 = p.softcap * log2e;
+    pb.slopes = p.alibi_slopes;
+  }
   if (pb.batch == 0 || pb.nq == 0) return;
-  // Few rows per KV head (decode): products along the head dimension waste no lanes.
+#if defined(__AVX512F__)
+  if constexpr (is_neighborhood<Policy>::value)
+    if (strips::preferred(p)) return strips::run(p, pb, q, k, v, out, o);
+#endif
+  using plan_t = flash_plan<Policy>;
+  // Rows that share one K/V stream: few of them (decode) run along the head dimension.
+  const index_t rows = plan_t::packs_gqa ? pb.rows_per_group : pb.nq;
   using few_rows = geometry<simd::narrow_arch, 1, false>;
   using some_rows = geometry<simd::narrow_arch, 2, false>;
   using many_rows = geometry<simd::wide_arch, 3>;
+#if defined(__AVX512F__)
+  static_assert(many_rows::Br == strips::tile_rows_of_many_rows, "strips compare against these tiles");
+#endif
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<Q, bf16> && std::is_same_v<K, bf16> && std::is_same_v<Vt, bf16> &&
-                simd::vec<simd::wide_arch>::size == 16) {
-    if (pb.rows_per_group > some_rows::Br) return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
+                simd::vec<simd::wide_arch>::size == 16 && !plan_t::token_callables) {
+    if (rows > some_rows::Br) return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
   }
 #endif
   constexpr bool has_some_rows = simd::vec<simd::wide_arch>::size % some_rows::Br == 0;
-  if (pb.rows_per_group <= few_rows::Br) {
+  if (rows <= few_rows::Br) {
     run_geometry<few_rows>(p, pb, q, k, v, out, o);
-  } else if (has_some_rows && pb.rows_per_group <= some_rows::Br) {
+  } else if (has_some_rows && rows <= some_rows::Br) {
     if constexpr (has_some_rows) run_geometry<some_rows>(p, pb, q, k, v, out, o);
   } else {
     run_geometry<many_rows>(p, pb, q, k, v, out, o);

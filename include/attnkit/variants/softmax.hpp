@@ -4,6 +4,7 @@
 /// sliding windows, soft-capping, ALiBi (Press et al. 2021), GQA, variable lengths.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -11,6 +12,7 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
+#include "../engines/flash_plan.hpp"
 
 namespace attnkit {
 
@@ -95,6 +97,61 @@ inline void validate(const softmax& p, index_t batch, index_t q_heads, index_t n
 }
 
 }  // namespace detail
+
+namespace detail::flash {
+
+/// Softmax's plan: every row keeps one interval of keys, so a tile visits one run, the union
+/// of its rows' intervals. A head with at least Br queries gets tiles of its own (one band of
+/// keys each); fewer queries are packed across the heads of the GQA group (decode), which
+/// then share every K/V chunk they read. aux[0], aux[1]: the row's key interval.
+template <>
+struct flash_plan<softmax> {
+  static constexpr bool packs_gqa = true, token_callables = false, has_score = false;
+  const softmax& p;
+  const problem& pb;
+  int br;
+
+  flash_plan(const softmax& policy, const problem& problem_, int br_) : p(policy), pb(problem_), br(br_) {}
+
+  index_t tiles() const {
+    if (pb.nq >= br) return pb.group * ((pb.nq + br - 1) / br);
+    return (pb.rows_per_group + br - 1) / br;
+  }
+
+  template <int Br>
+  void describe(index_t b, index_t hkv, index_t tile, tile_rows<Br>& t) const {
+    t.clear();
+    const bool own_tiles = pb.nq >= Br;
+    const index_t tiles_per_head = (pb.nq + Br - 1) / Br;
+    const index_t lq = p.query_lens ? p.query_lens[b] : pb.nq, lk = p.key_lens ? p.key_lens[b] : pb.nk;
+    for (int r = 0; r < Br; ++r) {
+      const index_t rg = own_tiles ? tile / tiles_per_head * pb.nq + tile % tiles_per_head * Br + r : tile * Br + r;
+      const bool valid = own_tiles ? tile % tiles_per_head * Br + r < pb.nq : rg < pb.rows_per_group;
+      if (!valid) continue;
+      const index_t i = rg % pb.nq, hq = hkv * pb.group + rg / pb.nq;
+      const key_span s = softmax_span(p, b, i, pb.nq, pb.nk);
+      t.set_row(r, hq, i);
+      t.live[r] = s.lo <= s.hi;
+      t.aux[0][r] = static_cast<std::int32_t>(std::min<index_t>(s.lo, pb.nk));
+      t.aux[1][r] = static_cast<std::int32_t>(std::max<index_t>(s.hi, -1));
+      t.pos[r] = static_cast<float>(i + lk - lq);
+      t.slope2[r] = pb.slopes ? pb.slopes[hq] * log2e : 0.f;
+    }
+  }
+
+  template <int Br, class F>
+  void for_each_run(index_t, tile_rows<Br>& t, F&& f) const {
+    index_t kmin = pb.nk, kmax = -1;
+    for (int r = 0; r < t.rows; ++r)
+      if (t.live[r]) kmin = std::min<index_t>(kmin, t.aux[0][r]), kmax = std::max<index_t>(kmax, t.aux[1][r]);
+    if (kmax < kmin) return;
+    for (int r = 0; r < t.rows; ++r)
+      t.lo[r] = static_cast<std::int32_t>(t.aux[0][r] - kmin), t.hi[r] = static_cast<std::int32_t>(t.aux[1][r] - kmin);
+    f(key_run{kmin, kmax + 1 - kmin, 1, false});
+  }
+};
+
+}  // namespace detail::flash
 
 /// Which keys each query attends to (row-major nq x nk bytes, 1 = attends); per-batch
 /// lengths are ignored (a pattern is drawn for full-length sequences).

@@ -1,0 +1,487 @@
+/// \file
+/// Strip tiles of the flash engine, for neighborhood windows that are small along the last
+/// axis (2-D/3-D kernels like 7x7 or 13x13). A query tile of the block-sparse path is a patch
+/// whose rows all read the union of their windows, which for small stride-1 windows is 2-4x
+/// the keys each row keeps. Here a tile is instead a strip of 16 consecutive queries along
+/// the last axis, one per lane, and lane r reads key `start(r) + o` at window offset o: every
+/// lane reads exactly its own window, so no work is spent on keys outside it (the "speed of
+/// light" of GNA, Hassani et al. 2025, reached without requiring strides).
+///
+/// Per (batch, KV head), K and V are first copied transposed, one row of positions per
+/// (line, dilation group, channel): KT[line][g][c][v]. The 16 keys of window offset o are then
+/// one unaligned vector load at v = start(0) + o (interior strips) or a two-register permute of
+/// 32 positions (border, causal and strided strips). Two strips on neighbouring lines share
+/// every K/V vector they both need (two FMAs per load). The window is small, so each strip's
+/// softmax is exact in two passes (scores, then max/exp/sum, then P.V), with no rescaling.
+#pragma once
+
+#if defined(__AVX512F__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../core/arena.hpp"
+#include "../core/executor.hpp"
+#include "../core/options.hpp"
+#include "../core/tensor_view.hpp"
+#include "../simd/arch.hpp"
+#include "../simd/convert.hpp"
+#include "../simd/exp.hpp"
+#include "../simd/microkernels.hpp"
+#include "../variants/neighborhood.hpp"
+#include "flash_plan.hpp"
+
+namespace attnkit::detail::flash::strips {
+
+inline constexpr int W = 16;                  // lanes: queries of one strip
+inline constexpr int max_offset_block = 13;   // window offsets per QK pass (2 x 13 accumulators)
+inline constexpr int channel_block = 12;      // output channels per PV pass (2 x 12 accumulators)
+inline constexpr int tile_rows_of_many_rows = 48;  // the block-sparse path's tiles (flash.hpp many_rows)
+using V = xsimd::batch<float, xsimd::avx512f>;
+
+/// Can this pattern run on strips? The permute reaches 31 positions past start(0), which holds
+/// for strides up to 16 along the last axis.
+template <int Rank>
+bool applicable(const neighborhood<Rank>& p) {
+  return p.stride[Rank - 1] <= 16;
+}
+
+/// Do strips do less work than the block-sparse tiles for this pattern? Both are counted in
+/// lane-keys (every lane of a tile or strip costs its keys, used or not), with the tiles'
+/// cost from the plan the block-sparse path would build (on tiles of 48 rows); `strip_penalty`
+/// covers the transposed copies and the permutes of border strips (measured on 2-D and 3-D
+/// benchmark shapes, where strips win for 3x7x7, 7x7 and 13x13 windows and lose to tiles for
+/// a 1-D window of 512).
+template <int Rank>
+bool preferred(const neighborhood<Rank>& p) {
+  if (!applicable(p)) return false;
+  constexpr double strip_penalty = 1.15;
+  problem pb{};
+  pb.nq = pb.nk = grid_size<Rank>(p.shape);
+  pb.group = 1;
+  const double tiles = flash_plan<neighborhood<Rank>>(p, pb, tile_rows_of_many_rows).lane_keys();
+  double strips = static_cast<double>(pb.nq / p.shape[Rank - 1]);
+  for (int a = 0; a < Rank; ++a) strips *= static_cast<double>(p.kernel[a]);
+  double lanes = 0;
+  for (index_t g = 0; g < p.dilation[Rank - 1]; ++g)
+    lanes += W * std::ceil(static_cast<double>((p.shape[Rank - 1] - g + p.dilation[Rank - 1] - 1) / p.dilation[Rank - 1]) / W);
+  return strips * lanes * strip_penalty < tiles;
+}
+
+/// K or V of one (batch, KV head), transposed: rows of `padded` positions per (line, group,
+/// channel). Positions past a group's length are zero, so vector loads and permutes that run
+/// over the end read finite values (their lanes are masked or multiplied by zero).
+struct transposed {
+  index_t groups = 1, depth = 0, padded = 0;
+  std::vector<float> data;
+  /// Floats per (line, group): one cache line more than its rows, so that the same row of
+  /// neighbouring lines does not map to the same cache sets (the rows span a power of two).
+  index_t block() const { return depth * padded + 16; }
+  const float* row(index_t line, index_t g, index_t c) const { return data.data() + (line * groups + g) * block() + c * padded; }
+  float* row(index_t line, index_t g, index_t c) { return data.data() + (line * groups + g) * block() + c * padded; }
+};
+
+/// In-register transpose of a 16 x 16 block: t[k] becomes column k.
+ATTNKIT_ALWAYS_INLINE void transpose16(__m512 t[W]) {
+  __m512 r[W];
+  for (int i = 0; i < 8; ++i) r[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]), r[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
+  const auto lo = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  const auto hi = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  for (int i = 0; i < 4; ++i) {
+    t[4 * i + 0] = lo(r[4 * i + 0], r[4 * i + 2]);
+    t[4 * i + 1] = hi(r[4 * i + 0], r[4 * i + 2]);
+    t[4 * i + 2] = lo(r[4 * i + 1], r[4 * i + 3]);
+    t[4 * i + 3] = hi(r[4 * i + 1], r[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      r[8 * i + j] = _mm512_shuffle_f32x4(t[8 * i + j], t[8 * i + 4 + j], 0x88);
+      r[8 * i + 4 + j] = _mm512_shuffle_f32x4(t[8 * i + j], t[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) t[j] = _mm512_shuffle_f32x4(r[j], r[8 + j], 0x88), t[8 + j] = _mm512_shuffle_f32x4(r[j], r[8 + j], 0xdd);
+}
+
+/// dst[c * dst_stride + i] = scale * rows[min(i, n - 1) * row_stride + c] for i < 16, c < depth:
+/// 16 rows transposed (the last one repeated), a 16 x 16 block at a time.
+inline void transpose_rows(const float* rows, index_t row_stride, int n, index_t depth, float scale, float* dst,
+                           index_t dst_stride) {
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (index_t c0 = 0; c0 < depth; c0 += W) {
+    const int width = static_cast<int>(std::min<index_t>(W, depth - c0));
+    const __mmask16 valid = static_cast<__mmask16>((1u << width) - 1);
+    __m512 t[W];
+    for (int i = 0; i < W; ++i) t[i] = _mm512_maskz_loadu_ps(valid, rows + std::min(i, n - 1) * row_stride + c0);
+    transpose16(t);
+    for (int k = 0; k < width; ++k) _mm512_storeu_ps(dst + (c0 + k) * dst_stride, _mm512_mul_ps(factor, t[k]));
+  }
+}
+
+/// Rows first, first + step, ... (n <= 16 of them) of head (b, h) of t, as float rows with
+/// unit stride: in place when t is float with unit stride along dim, else converted into buf.
+template <class T>
+const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step, int n,
+                           float* buf, index_t& row_stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (t.stride(dim_axis) == 1 && step * t.stride(seq_axis) * W < (index_t(1) << 31)) {
+      row_stride = step * t.stride(seq_axis);
+      return t.row(b, h, first);
+    }
+  }
+  for (int i = 0; i < n; ++i) simd::to_float_row(t.row(b, h, first + i * step), t.stride(dim_axis), t.dim(), buf + i * t.dim());
+  row_stride = t.dim();
+  return buf;
+}
+
+/// Fills `out` with t[b, h] transposed, sixteen in-group positions at a time.
+template <int Rank, class T>
+void transpose(const neighborhood<Rank>& p, const tensor_view<const T>& t, index_t b, index_t h, index_t threads,
+               transposed& out) {
+  const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], lines = t.seq() / len;
+  out.groups = d;
+  out.depth = t.dim();
+  out.padded = ((len + d - 1) / d + 2 * W + 15) / 16 * 16;
+  out.data.resize(static_cast<std::size_t>(lines * d * out.block()));
+  parallel_for(lines * d, static_cast<int>(threads), [&](index_t lg) {
+    const index_t line = lg / d, g = lg % d, group_len = (len - g + d - 1) / d;
+    float* buf = static_cast<float*>(thread_arena().reserve(static_cast<std::size_t>(W * out.depth) * sizeof(float)));
+    for (index_t v0 = 0; v0 < group_len; v0 += W) {
+      const int n = static_cast<int>(std::min<index_t>(W, group_len - v0));
+      index_t row_stride;
+      const float* rows = rows_as_float(t, b, h, line * len + g + d * v0, d, n, buf, row_stride);
+      transpose_rows(rows, row_stride, n, out.depth, 1.f, out.row(line, g, 0) + v0, out.padded);
+    }
+    for (index_t c = 0; c < out.depth; ++c) std::fill(out.row(line, g, c) + group_len, out.row(line, g, c) + out.padded, 0.f);
+  });
+}
+
+/// The 16 keys of window offset o for every lane: position base + o + idx[r] of a transposed row.
+template <bool Permute>
+ATTNKIT_ALWAYS_INLINE __m512 lane_keys(const float* row, int o, __m512i idx) {
+  if constexpr (Permute)
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(row + o), idx, _mm512_loadu_ps(row + o + W));
+  else
+    return _mm512_loadu_ps(row + o);
+}
+
+/// The rows are read in channel order at a large stride, which the hardware prefetchers
+/// follow too late: ask for the positions of a row `prefetch_distance` channels ahead (past
+/// the end of a line, the hint lands on the next line's rows or the padding: harmless).
+inline constexpr index_t prefetch_distance = 12;
+ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row, int offsets) {
+  _mm_prefetch(reinterpret_cast<const char*>(row), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + offsets + W - 1), _MM_HINT_T0);
+}
+
+/// Scores of one key line for window offsets [o0, o0 + OB): s[o][lane] = sum_c q[c][lane] *
+/// key(o)[c][lane], for strip a and, when Two, strip b (sharing each key vector).
+template <int OB, bool Two, bool Permute>
+ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float* krow, index_t padded, index_t depth,
+                                   __m512i idx, int o0, float* sa, float* sb) {
+  __m512 acc_a[OB], acc_b[Two ? OB : 1];
+  for (int o = 0; o < OB; ++o) {
+    acc_a[o] = _mm512_setzero_ps();
+    if constexpr (Two) acc_b[o] = _mm512_setzero_ps();
+  }
+  for (index_t c = 0; c < depth; ++c) {
+    const float* kr = krow + c * padded + o0;
+    prefetch_rows_ahead(kr + prefetch_distance * padded, OB);
+    const __m512 q_a = simd::in_register(V(_mm512_load_ps(qa + c * W))).data;
+    [[maybe_unused]] __m512 q_b = q_a;
+    if constexpr (Two) q_b = simd::in_register(V(_mm512_load_ps(qb + c * W))).data;
+    for (int o = 0; o < OB; ++o) {
+      const __m512 k = simd::in_register(V(lane_keys<Permute>(kr, o, idx))).data;  // one load, two FMAs
+      acc_a[o] = _mm512_fmadd_ps(q_a, k, acc_a[o]);
+      if constexpr (Two) acc_b[o] = _mm512_fmadd_ps(q_b, k, acc_b[o]);
+    }
+  }
+  for (int o = 0; o < OB; ++o) {
+    _mm512_store_ps(sa + (o0 + o) * W, acc_a[o]);
+    if constexpr (Two) _mm512_store_ps(sb + (o0 + o) * W, acc_b[o]);
+  }
+}
+
+/// Output channels [c0, c0 + CB) of both strips over every key line of the pair: o[c][lane] +=
+/// p[line][o][lane] * value(line, o)[c][lane]. A line one strip does not use has p = 0 there.
+template <int CB, bool Permute>
+ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows, int lines, int offsets,
+                                    index_t padded, __m512i idx, index_t c0, float* oa, float* ob) {
+  __m512 acc_a[CB], acc_b[CB];
+  for (int c = 0; c < CB; ++c) acc_a[c] = _mm512_setzero_ps(), acc_b[c] = _mm512_setzero_ps();
+  for (int li = 0; li < lines; ++li) {
+    const float* vr = vrows[li] + c0 * padded;
+    if (li + 1 < lines)  // the next line's rows arrive while this line is multiplied
+      for (int c = 0; c < CB; ++c) prefetch_rows_ahead(vrows[li + 1] + (c0 + c) * padded, offsets);
+    for (int o = 0; o < offsets; ++o) {
+      const std::size_t at = static_cast<std::size_t>(li * offsets + o) * W;
+      const __m512 p_a = simd::in_register(V(_mm512_load_ps(pa + at))).data;
+      const __m512 p_b = simd::in_register(V(_mm512_load_ps(pb + at))).data;
+      for (int c = 0; c < CB; ++c) {
+        const __m512 v = simd::in_register(V(lane_keys<Permute>(vr + c * padded, o, idx))).data;
+        acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
+        acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    _mm512_store_ps(oa + (c0 + c) * W, acc_a[c]);
+    _mm512_store_ps(ob + (c0 + c) * W, acc_b[c]);
+  }
+}
+
+/// One strip: 16 queries of one head on one line, consecutive in-group positions along the
+/// last axis.
+struct strip {
+  std::array<index_t, 3> x{};  // coordinates of lane 0 (all lanes share all but the last)
+  int lanes = 0;               // valid lanes
+};
+
+/// A work item: a query head and one strip, or two strips on neighbouring lines of one
+/// dilation group of the second-to-last axis (Rank >= 2), which share their K/V loads.
+struct task {
+  index_t hq;
+  strip a, b;  // b.lanes == 0: a alone
+};
+
+/// Runs neighborhood attention on strips; p must be applicable().
+template <int Rank, class Q, class K, class Vt, class O>
+void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
+         const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
+  constexpr int last = Rank - 1, pair_axis = Rank - 2;  // pair_axis < 0: no pairs (1-D)
+  std::array<std::vector<axis_window>, Rank> windows;  // per axis and coordinate (no divisions per task)
+  for (int a = 0; a < Rank; ++a)
+    for (index_t x = 0; x < p.shape[a]; ++x)
+      windows[a].push_back(neighborhood_axis(p.shape[a], p.kernel[a], p.dilation[a], p.stride[a], p.causal[a], x));
+  const auto window = [&](int a, index_t x) { return windows[a][static_cast<std::size_t>(x)]; };
+  const auto flatten = [&](const std::array<index_t, 3>& x) {
+    index_t t = 0;
+    for (int a = 0; a < Rank; ++a) t = t * p.shape[a] + x[a];
+    return t;
+  };
+
+  // Tasks of one KV head: every query head of its group x every strip (pair), ordered down
+  // each strip column (consecutive pairs share all but two key lines, which then stay in L2);
+  // a work item is a run of `column_run` consecutive tasks of one column.
+  constexpr index_t column_run = 8;
+  std::vector<task> tasks;
+  std::vector<std::pair<index_t, index_t>> items;  // [first, last) task of each work item
+  {
+    std::vector<strip> strips_of_line;
+    const index_t len = p.shape[last], d = p.dilation[last];
+    for (index_t g = 0; g < d; ++g)
+      for (index_t u0 = 0; u0 * d + g < len; u0 += W) {
+        strip s;
+        s.x[last] = g + d * u0;
+        s.lanes = static_cast<int>(std::min<index_t>(W, (len - g + d - 1) / d - u0));
+        strips_of_line.push_back(s);
+      }
+    index_t outer_lines = 1;  // lines of the axes before the pair axis
+    for (int a = 0; a < pair_axis; ++a) outer_lines *= p.shape[a];
+    for (index_t h = 0; h < pb.group; ++h)
+      for (index_t line = 0; line < outer_lines; ++line)
+        for (const strip& column : strips_of_line) {
+          strip s = column;
+          index_t rest = line;
+          for (int a = pair_axis - 1; a >= 0; --a) s.x[a] = rest % p.shape[a], rest /= p.shape[a];
+          const index_t first = static_cast<index_t>(tasks.size());
+          const auto add = [&](index_t ya, index_t yb) {
+            task t{h, s, s};
+            if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
+            if (yb < 0) t.b.lanes = 0;
+            tasks.push_back(t);
+          };
+          if constexpr (Rank == 1) {
+            add(0, -1);
+          } else {
+            const index_t ly = p.shape[pair_axis], dy = p.dilation[pair_axis];
+            for (index_t gy = 0; gy < dy; ++gy)
+              for (index_t y = gy; y < ly; y += 2 * dy) add(y, y + dy < ly ? y + dy : -1);
+          }
+          for (index_t t = first; t < static_cast<index_t>(tasks.size()); t += column_run)
+            items.emplace_back(t, std::min<index_t>(t + column_run, static_cast<index_t>(tasks.size())));
+        }
+  }
+
+  // Scratch per worker: packed Q and output of both strips, scores of both, key-row pointers.
+  index_t max_lines = 1;  // key lines of a strip pair: two windows on the pair axis overlap but for a stride
+  for (int a = 0; a < last; ++a) max_lines *= p.kernel[a] + (a == pair_axis ? p.stride[a] : 0);
+  const int offsets = static_cast<int>(p.kernel[last]);
+  const std::size_t score_floats = static_cast<std::size_t>(max_lines * offsets * W);
+
+  // Kept between calls, like the arenas (no page faults). Named through references: a
+  // thread_local named inside the workers' lambda would be each worker's own.
+  static thread_local transposed kt_of_caller, vt_of_caller;
+  transposed &kt = kt_of_caller, &vt = vt_of_caller;
+  for (index_t b = 0; b < pb.batch; ++b)
+    for (index_t hkv = 0; hkv < pb.kv_heads; ++hkv) {
+      transpose(p, k, b, hkv, o.threads, kt);
+      transpose(p, v, b, hkv, o.threads, vt);
+      parallel_for(static_cast<index_t>(items.size()), o.threads, [&](index_t item) {
+        const auto [first, last_task] = items[static_cast<std::size_t>(item)];
+        for (index_t n = first; n < last_task; ++n) {
+          const task& tk = tasks[static_cast<std::size_t>(n)];
+          const index_t hq = hkv * pb.group + tk.hq;
+          const bool two = tk.b.lanes > 0;
+          const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(pb.dv * W);
+          const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + qfl;
+          char* base = static_cast<char*>(thread_arena().reserve(
+              floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * sizeof(float*) + 2)));
+          float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
+                *sb = sa + score_floats;
+          float* qbuf = sb + score_floats;  // 16 rows of q converted to float (non-float q)
+          const float** krows = reinterpret_cast<const float**>(qbuf + qfl);
+          const float** vrows = krows + max_lines;
+          std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(vrows + max_lines);
+          std::uint8_t* uses_b = uses_a + max_lines;
+
+          // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
+          alignas(64) std::int32_t idx[W];
+          alignas(64) std::int32_t count[W];
+          index_t token_a[W], token_b[W];
+          const index_t g = tk.a.x[last] % p.dilation[last];
+          index_t start0 = 0;
+          bool contiguous = true;
+          for (int r = 0; r < W; ++r) {
+            const int lane = std::min(r, tk.a.lanes - 1);
+            std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
+            xa[last] += p.dilation[last] * lane, xb[last] = xa[last];
+            const axis_window w = window(last, xa[last]);
+            if (r == 0) start0 = w.start;
+            idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
+            count[r] = static_cast<std::int32_t>(w.end - w.start);
+            contiguous = contiguous && idx[r] == r;
+            token_a[r] = flatten(xa);
+            token_b[r] = two ? flatten(xb) : 0;
+          }
+          const auto pack = [&](const strip& st, float* dst) {
+            index_t row_stride;
+            const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, qbuf, row_stride);
+            transpose_rows(rows, row_stride, st.lanes, pb.d, pb.scale2, dst, W);
+          };
+          pack(tk.a, qa);
+          if (two) pack(tk.b, qb);
+          const __m512i perm = _mm512_load_si512(idx);
+
+          // Key lines: the union box of both strips' windows on the axes before the last.
+          std::array<axis_window, 3> wa{}, wb{};
+          for (int a = 0; a < last; ++a) wa[a] = window(a, tk.a.x[a]), wb[a] = two ? window(a, tk.b.x[a]) : wa[a];
+          int lines = 0;
+          std::array<index_t, 3> vline{};
+          for (int a = 0; a < last; ++a) vline[a] = std::min(wa[a].start, wb[a].start);
+          while (true) {
+            std::array<index_t, 3> y{};
+            bool in_a = true, in_b = two;
+            for (int a = 0; a < last; ++a) {
+              y[a] = wa[a].group + p.dilation[a] * vline[a];
+              in_a = in_a && wa[a].start <= vline[a] && vline[a] < wa[a].end;
+              in_b = in_b && wb[a].start <= vline[a] && vline[a] < wb[a].end;
+            }
+            index_t key_line = 0;
+            for (int a = 0; a < last; ++a) key_line = key_line * p.shape[a] + y[a];
+            krows[lines] = kt.row(key_line, g, 0) + start0;
+            vrows[lines] = vt.row(key_line, g, 0) + start0;
+            uses_a[lines] = in_a, uses_b[lines] = in_b;
+            ++lines;
+            int a = last - 1;
+            while (a >= 0 && vline[a] + 1 == std::max(wa[a].end, wb[a].end)) vline[a] = std::min(wa[a].start, wb[a].start), --a;
+            if (a < 0) break;
+            ++vline[a];
+          }
+
+          // Scores, line by line (a line only one strip uses costs only that strip).
+          const auto qk = [&](auto permute) {
+            constexpr bool P = decltype(permute)::value;
+            for (int li = 0; li < lines; ++li) {
+              float* la = sa + static_cast<std::size_t>(li * offsets * W);
+              float* lb = sb + static_cast<std::size_t>(li * offsets * W);
+              for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
+                const int ob = std::min(max_offset_block, offsets - o0);
+                simd::with_count<max_offset_block>(ob, [&](auto m) {
+                  constexpr int M = decltype(m)::value;
+                  if (uses_a[li] && uses_b[li])
+                    qk_line<M, true, P>(qa, qb, krows[li], kt.padded, pb.d, perm, o0, la, lb);
+                  else if (uses_a[li])
+                    qk_line<M, false, P>(qa, qb, krows[li], kt.padded, pb.d, perm, o0, la, lb);
+                  else
+                    qk_line<M, false, P>(qb, qa, krows[li], kt.padded, pb.d, perm, o0, lb, la);
+                });
+              }
+            }
+          };
+          if (contiguous)
+            qk(std::false_type{});
+          else
+            qk(std::true_type{});
+
+          // Exact softmax per strip over its lines; p = 0 on lines and offsets it does not keep.
+          const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(count)));
+          const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
+            mx = V(neg_inf);
+            for (int li = 0; li < lines; ++li) {
+              if (!uses[li]) continue;
+              for (int oo = 0; oo < offsets; ++oo) {
+                float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
+                V x = V::load_aligned(so);
+                x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
+                x.store_aligned(so);
+                mx = xsimd::max(mx, x);
+              }
+            }
+            sum = V(0.f);
+            for (int li = 0; li < lines; ++li)
+              for (int oo = 0; oo < offsets; ++oo) {
+                float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
+                const V e = uses[li] ? simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx) : V(0.f);
+                e.store_aligned(so);
+                sum += e;
+              }
+          };
+          V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
+          softmax(sa, uses_a, mx_a, sum_a);
+          if (two)
+            softmax(sb, uses_b, mx_b, sum_b);
+          else
+            std::fill(sb, sb + static_cast<std::size_t>(lines * offsets * W), 0.f);
+
+          // P.V over all lines of the pair.
+          const auto pv = [&](auto permute) {
+            constexpr bool P = decltype(permute)::value;
+            for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
+              const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
+              simd::with_count<channel_block>(cb, [&](auto m) {
+                pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, vt.padded, perm, c0, oa, ob);
+              });
+            }
+          };
+          if (contiguous)
+            pv(std::false_type{});
+          else
+            pv(std::true_type{});
+
+          // Normalise and write each valid lane.
+          const auto write = [&](const float* ot, const index_t* tokens, V mx, V sum) {
+            alignas(64) float m[W], l[W];
+            mx.store_aligned(m), sum.store_aligned(l);
+            for (int r = 0; r < tk.a.lanes; ++r) {
+              const float inv = 1.f / l[r];
+              O* row = out.row(b, hq, tokens[r]);
+              const index_t os = out.stride(dim_axis);
+              for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r] * inv);
+              if (o.lse) o.lse[(b * pb.q_heads + hq) * pb.nq + tokens[r]] = (m[r] + std::log2(l[r])) * ln2;
+            }
+          };
+          write(oa, token_a, mx_a, sum_a);
+          if (two) write(ob, token_b, mx_b, sum_b);
+        }
+      });
+    }
+}
+
+}  // namespace attnkit::detail::flash::strips
+
+#endif  // __AVX512F__

@@ -1,0 +1,128 @@
+/// \file
+/// Custom attention: FlexAttention's flexibility (Dong et al. 2024, arXiv 2412.05496) in C++.
+/// A policy built from user callables runs on the block-sparse flash engine:
+///   keep(b, h, qi, kj) -> bool          token mask (required)
+///   score(s, b, h, qi, kj) -> float     transform of the scaled score s (optional)
+///   block(b, h, q_first, q_last, k_first, k_last) -> block_kind   (optional)
+/// The block predicate classifies a tile of queries [q_first, q_last] x keys [k_first, k_last]
+/// of one query head: skip (no kept pair), full (every pair kept: keep is not called) or
+/// partial (keep is called per pair). Without it, every tile is partial.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/tensor_view.hpp"
+#include "../engines/flash_plan.hpp"
+
+namespace attnkit {
+
+enum class block_kind { skip, partial, full };
+
+/// "No score transform": the score is used as it is.
+struct identity_score {
+  float operator()(float s, index_t, index_t, index_t, index_t) const { return s; }
+};
+/// "No block predicate": every tile is partial.
+struct no_block_predicate {
+  block_kind operator()(index_t, index_t, index_t, index_t, index_t, index_t) const { return block_kind::partial; }
+};
+
+template <class Keep, class Score = identity_score, class Block = no_block_predicate>
+struct custom {
+  Keep keep;
+  Score score{};
+  Block block{};
+  float scale = 0;  ///< multiplier of q.k; 0 means 1/sqrt(D)
+
+  static constexpr bool has_score = !std::is_same_v<Score, identity_score>;
+  static constexpr bool has_block = !std::is_same_v<Block, no_block_predicate>;
+};
+
+/// custom{keep, score, block} without spelling the callables' types (C++17 has no aggregate CTAD).
+template <class Keep>
+custom<Keep> make_custom(Keep keep, float scale = 0) {
+  return {std::move(keep), {}, {}, scale};
+}
+template <class Keep, class Score>
+custom<Keep, Score> make_custom(Keep keep, Score score, float scale = 0) {
+  return {std::move(keep), std::move(score), {}, scale};
+}
+template <class Keep, class Score, class Block>
+custom<Keep, Score, Block> make_custom(Keep keep, Score score, Block block, float scale = 0) {
+  return {std::move(keep), std::move(score), std::move(block), scale};
+}
+
+namespace detail {
+
+template <class T>
+struct is_custom : std::false_type {};
+template <class Keep, class Score, class Block>
+struct is_custom<custom<Keep, Score, Block>> : std::true_type {};
+
+template <class Keep, class Score, class Block>
+void validate(const custom<Keep, Score, Block>& p, index_t, index_t, index_t, index_t) {
+  require(std::isfinite(p.scale), "custom: scale = ", p.scale, ", expected a finite value");
+}
+
+}  // namespace detail
+
+namespace detail::flash {
+
+/// A custom policy's plan: tiles of Br queries of one head, key runs of 64 keys. The block
+/// predicate drops a run or marks it full; every other run is masked by keep() per token.
+template <class Keep, class Score, class Block>
+struct flash_plan<custom<Keep, Score, Block>> {
+  using policy = custom<Keep, Score, Block>;
+  static constexpr bool packs_gqa = false, token_callables = true, has_score = policy::has_score;
+  static constexpr index_t run_keys = 64;
+  const policy& p;
+  const problem& pb;
+  index_t per_head;
+
+  flash_plan(const policy& pol, const problem& problem_, int br) : p(pol), pb(problem_), per_head((pb.nq + br - 1) / br) {}
+
+  index_t tiles() const { return pb.group * per_head; }
+
+  template <int Br>
+  void describe(index_t, index_t hkv, index_t tile, tile_rows<Br>& t) const {
+    t.clear();
+    const index_t first = tile % per_head * Br;
+    for (int r = 0; r < Br && first + r < pb.nq; ++r) t.set_row(r, hkv * pb.group + tile / per_head, first + r);
+  }
+
+  template <int Br, class F>
+  void for_each_run(index_t b, tile_rows<Br>& t, F&& f) const {
+    if (t.rows == 0) return;
+    for (int r = 0; r < t.rows; ++r) t.lo[r] = 0;
+    for (index_t k0 = 0; k0 < pb.nk; k0 += run_keys) {
+      const index_t count = std::min(run_keys, pb.nk - k0);
+      const block_kind kind = p.block(b, t.head[0], t.query[0], t.query[t.rows - 1], k0, k0 + count - 1);
+      if (kind == block_kind::skip) continue;
+      for (int r = 0; r < t.rows; ++r) t.hi[r] = static_cast<std::int32_t>(count - 1);
+      f(key_run{k0, count, 1, kind != block_kind::full});
+    }
+  }
+
+  bool keep(index_t b, index_t h, index_t i, index_t j) const { return p.keep(b, h, i, j); }
+  float score(float s, index_t b, index_t h, index_t i, index_t j) const { return p.score(s, b, h, i, j); }
+};
+
+}  // namespace detail::flash
+
+/// Which keys each query attends to, for batch entry 0 and query head 0 (row-major nq x nk bytes).
+template <class Keep, class Score, class Block>
+std::vector<std::uint8_t> dense_mask(const custom<Keep, Score, Block>& p, index_t nq, index_t nk) {
+  detail::require(nq >= 0 && nk >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected >= 0");
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  for (index_t i = 0; i < nq; ++i)
+    for (index_t j = 0; j < nk; ++j) mask[static_cast<std::size_t>(i * nk + j)] = p.keep(index_t(0), index_t(0), i, j) ? 1 : 0;
+  return mask;
+}
+
+}  // namespace attnkit
