@@ -157,10 +157,11 @@ tensor<T> output_tensor(std::array<index_t, 4> ext, layout l) {
 
 template <class T>
 bool same_bits(const tensor<T>& a, const tensor<T>& b) {
-  return a.mem.size() == b.mem.size() && std::memcmp(a.mem.data(), b.mem.data(), a.mem.size() * sizeof(T)) == 0;
+  return a.mem.size() == b.mem.size() &&
+         (a.mem.empty() || std::memcmp(a.mem.data(), b.mem.data(), a.mem.size() * sizeof(T)) == 0);
 }
 inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 /// The problem sizes: q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv].

@@ -457,10 +457,12 @@ template <class G, class Policy, class Q, class K, class Vt, class O>
 void run_geometry(const Policy& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                   const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
   const flash_plan<Policy> plan(p, pb, G::Br);
-  const bool cap = pb.cap2 > 0, alibi = pb.slopes != nullptr;
-  if (cap && alibi) return run_tiles<G, true, true>(plan, pb, q, k, v, out, o);
-  if (cap) return run_tiles<G, true, false>(plan, pb, q, k, v, out, o);
-  if (alibi) return run_tiles<G, false, true>(plan, pb, q, k, v, out, o);
+  if constexpr (std::is_same_v<Policy, softmax>) {  // only softmax has soft-capping and ALiBi
+    const bool cap = pb.cap2 > 0, alibi = pb.slopes != nullptr;
+    if (cap && alibi) return run_tiles<G, true, true>(plan, pb, q, k, v, out, o);
+    if (cap) return run_tiles<G, true, false>(plan, pb, q, k, v, out, o);
+    if (alibi) return run_tiles<G, false, true>(plan, pb, q, k, v, out, o);
+  }
   run_tiles<G, false, false>(plan, pb, q, k, v, out, o);
 }
 
