@@ -1,11 +1,15 @@
 /// \file
 /// The flash engine on the CPU: FlashAttention-2's tiled online softmax (Dao 2023), never
-/// materialising Nq x Nk. Query rows are vector lanes: a tile of Br queries of one head (or,
-/// for short queries, of all heads of one GQA group) is packed transposed once, so both
-/// products are broadcast-FMA micro-kernels that read K and V in place, and the row-wise max,
-/// exp and sum of the online softmax are plain vertical vector operations. With very few
-/// rows (decode) the products run along the head dimension instead, keys split across
-/// threads and merged by log-sum-exp.
+/// materialising Nq x Nk, dense or block-sparse. A variant's plan (flash_plan.hpp, specialised
+/// in the variant's header) gives each query tile its key runs and, per row, the interval of
+/// each run it keeps: chunks every row keeps entirely run unmasked, partial ones are masked per
+/// token, chunks no row keeps are never visited. Query rows are vector lanes: a tile of Br
+/// queries of one head (or, for short queries, of all heads of one GQA group) is packed
+/// transposed once, so both products are broadcast-FMA micro-kernels that read K and V in
+/// place, and the row-wise max, exp and sum of the online softmax are plain vertical vector
+/// operations. With very few rows (decode) the products run along the head dimension instead,
+/// keys split across threads and merged by log-sum-exp. Small neighborhood windows run on
+/// strips instead (flash_strips.hpp).
 #pragma once
 
 #include <algorithm>

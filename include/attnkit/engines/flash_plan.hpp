@@ -8,7 +8,9 @@
 ///
 ///   flash_plan(const Policy&, const problem&, int br)   built once per call
 ///   static constexpr bool packs_gqa                  rows of one tile may mix the heads of a GQA group
-///   static constexpr bool token_callables            keep()/score() are evaluated per token (custom)
+///   static constexpr bool token_callables            keep() is evaluated per token in runs marked
+///                                                    token_mask (custom)
+///   static constexpr bool has_score                  score() transforms every score (custom)
 ///   index_t tiles() const                            query tiles per (batch, KV head)
 ///   void describe(b, hkv, tile, tile_rows<Br>&) const      the tile's rows
 ///   void for_each_run(b, tile_rows<Br>&, f) const    for each run: writes the rows' spans into
