@@ -18,6 +18,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "sparse_helpers.hpp"
 #include "test_helpers.hpp"
 
 using namespace attnkit_test;
@@ -74,72 +75,12 @@ struct softcap_score {
   }
 };
 
-/// reference::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> ref_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  attnkit::reference::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
-/// attnkit::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> fast_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd,
-                   int threads = 0) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  opt.threads = threads;
-  attnkit::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
-/// Two float64 results of the same math (possibly summed in another order) agree to ~1e-6.
-void check_same_math(const result<float>& got, const result<float>& want) {
-  const auto [ok, msg] = compare_out(got.out, want.out, 1e-6, 1e-6);
-  INFO(msg);
-  CHECK(ok);
-  const index_t rows = got.out.ext[0] * got.out.ext[1] * got.out.ext[2];
-  const auto [okl, msgl] = compare_lse(got.lse_mem, want.lse_mem, rows, 1e-6, 1e-6);
-  INFO(msgl);
-  CHECK(okl);
-}
-
 /// A contiguous [1, 1, N, D] copy of batch entry b, head h of t.
 template <class T>
 tensor<T> slice(const tensor<T>& t, index_t b, index_t h) {
   tensor<T> s({1, 1, t.ext[2], t.ext[3]}, layout::bhsd, nan_of<T>());
   s.for_each([&](index_t, index_t, index_t i, index_t d) { s.view(0, 0, i, d) = t.view(b, h, i, d); });
   return s;
-}
-
-/// Rows for which is_empty(b, h, i) holds are zeros with lse -inf; the others have a finite lse.
-template <class O, class F>
-void check_empty_rows(const result<O>& r, F&& is_empty) {
-  const auto& e = r.out.ext;
-  index_t wrong = 0, empty = 0;
-  std::string first;
-  for (index_t b = 0; b < e[0]; ++b)
-    for (index_t h = 0; h < e[1]; ++h)
-      for (index_t i = 0; i < e[2]; ++i) {
-        const float lse = r.lse((b * e[1] + h) * e[2] + i);
-        bool ok = std::isfinite(lse);
-        if (is_empty(b, h, i)) {
-          ++empty;
-          ok = lse == -inf;
-          for (index_t d = 0; d < e[3]; ++d) ok = ok && r.out.get(b, h, i, d) == 0.f;
-        }
-        if (!ok && wrong++ == 0) first = "b=" + std::to_string(b) + " h=" + std::to_string(h) + " i=" + std::to_string(i);
-      }
-  INFO("rows with the wrong emptiness: " << wrong << ", first " << first);
-  CHECK(wrong == 0);
-  CHECK(empty > 0);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "sparse_helpers.hpp"
 #include "test_helpers.hpp"
 
 using namespace attnkit_test;
@@ -76,14 +77,6 @@ std::vector<index_t> ref_keys(const neighborhood<R>& p, index_t t) {
   return keys;
 }
 
-/// Row t of a dense mask as a sorted key list.
-inline std::vector<index_t> mask_row(const std::vector<std::uint8_t>& mask, index_t nk, index_t t) {
-  std::vector<index_t> keys;
-  for (index_t j = 0; j < nk; ++j)
-    if (mask[static_cast<std::size_t>(t * nk + j)]) keys.push_back(j);
-  return keys;
-}
-
 inline std::string list(const std::vector<index_t>& v) {
   std::ostringstream o;
   o << "{";
@@ -113,32 +106,6 @@ problem problem_of(index_t B, index_t Hq, index_t Hkv, index_t N, index_t D, ind
   return s;
 }
 
-/// reference::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> ref_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  attnkit::reference::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
-/// attnkit::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> fast_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd,
-                   int threads = 0) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  opt.threads = threads;
-  attnkit::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
 /// Fresh random q, k, v (type In, layout l); attention (out type Out) vs the reference.
 template <class In, class Out = float, class P>
 void fast_vs_reference(const P& p, const problem& s, std::mt19937& gen, layout l = layout::bhsd) {
@@ -148,31 +115,6 @@ void fast_vs_reference(const P& p, const problem& s, std::mt19937& gen, layout l
   const result<Out> fast = fast_run<Out>(p, in.q, in.k, in.v, l);
   const result<float> ref = ref_run(p, in.q, in.k, in.v);
   check_matches(fast, ref, tol_for<In, Out>());
-}
-
-/// Two float64 results of the same math (possibly summed in another order) agree to ~1e-6.
-inline void check_same_math(const result<float>& got, const result<float>& want) {
-  const auto [ok, msg] = compare_out(got.out, want.out, 1e-6, 1e-6);
-  INFO(msg);
-  CHECK(ok);
-  const index_t rows = got.out.ext[0] * got.out.ext[1] * got.out.ext[2];
-  const auto [okl, msgl] = compare_lse(got.lse_mem, want.lse_mem, rows, 1e-6, 1e-6);
-  INFO(msgl);
-  CHECK(okl);
-}
-
-/// The generic float64 masked softmax (reference/masked.hpp) over the keys of a dense mask.
-template <class T>
-result<float> masked_reference(const std::vector<std::uint8_t>& mask, float scale, const qkv<T>& in) {
-  problem s{in.q.ext[0], in.q.ext[1], in.k.ext[1], in.q.ext[2], in.k.ext[2], in.q.ext[3], in.v.ext[3]};
-  result<float> r = make_result<float>(s, layout::bhsd);
-  attnkit::options o;
-  o.lse = r.lse_ptr();
-  const index_t nk = s.Nk;
-  attnkit::reference::detail::run_masked(
-      scale, [&](index_t, index_t, index_t i, index_t j) { return mask[static_cast<std::size_t>(i * nk + j)] != 0; },
-      attnkit::reference::detail::keep_score{}, in.q.cview(), in.k.cview(), in.v.cview(), r.out.view, o);
-  return r;
 }
 
 /// A copy of `t` holding only the given tokens, in that order, along the seq axis.

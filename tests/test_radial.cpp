@@ -17,6 +17,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "sparse_helpers.hpp"
 #include "test_helpers.hpp"
 
 using namespace attnkit_test;
@@ -93,32 +94,6 @@ tiles tiles_of(const std::vector<std::uint8_t>& m, index_t n, index_t b, index_t
   return t;
 }
 
-/// reference::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> ref_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  attnkit::reference::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
-/// attnkit::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> fast_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd,
-                   int threads = 0) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  opt.threads = threads;
-  attnkit::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
 /// Fresh random q, k, v (type In, layout l); attention (out type Out) vs the reference.
 template <class In, class Out = float, class P>
 std::pair<result<Out>, result<float>> fast_vs_reference(const P& p, const problem& s, std::mt19937& gen,
@@ -130,31 +105,6 @@ std::pair<result<Out>, result<float>> fast_vs_reference(const P& p, const proble
   result<float> ref = ref_run(p, in.q, in.k, in.v);
   check_matches(fast, ref, tol_for<In, Out>());
   return {std::move(fast), std::move(ref)};
-}
-
-/// Two float64 results of the same math (possibly summed in another order) agree to ~1e-6.
-void check_same_math(const result<float>& got, const result<float>& want) {
-  const auto [ok, msg] = compare_out(got.out, want.out, 1e-6, 1e-6);
-  INFO(msg);
-  CHECK(ok);
-  const index_t rows = got.out.ext[0] * got.out.ext[1] * got.out.ext[2];
-  const auto [okl, msgl] = compare_lse(got.lse_mem, want.lse_mem, rows, 1e-6, 1e-6);
-  INFO(msgl);
-  CHECK(okl);
-}
-
-/// The generic float64 masked softmax (reference/masked.hpp) over the keys of a dense mask.
-template <class T>
-result<float> masked_reference(const std::vector<std::uint8_t>& mask, float scale, const qkv<T>& in) {
-  problem s{in.q.ext[0], in.q.ext[1], in.k.ext[1], in.q.ext[2], in.k.ext[2], in.q.ext[3], in.v.ext[3]};
-  result<float> r = make_result<float>(s, layout::bhsd);
-  attnkit::options o;
-  o.lse = r.lse_ptr();
-  const index_t nk = s.Nk;
-  attnkit::reference::detail::run_masked(
-      scale, [&](index_t, index_t, index_t i, index_t j) { return mask[static_cast<std::size_t>(i * nk + j)] != 0; },
-      attnkit::reference::detail::keep_score{}, in.q.cview(), in.k.cview(), in.v.cview(), r.out.view, o);
-  return r;
 }
 
 index_t count(const std::vector<std::uint8_t>& m) { return static_cast<index_t>(std::count(m.begin(), m.end(), 1)); }
