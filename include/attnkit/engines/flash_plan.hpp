@@ -79,17 +79,33 @@ struct tile_rows {
 namespace attnkit::detail::flash {
 
 /// Query tiles of one head: runs of at most br consecutive queries, a new one starting wherever
-/// starts_segment(i) says (block or frame boundaries, so that a tile's rows share a pattern).
-/// Returns (first query, count) per tile.
-template <class StartsSegment>
-std::vector<std::pair<index_t, index_t>> segment_tiles(index_t nq, int br, StartsSegment&& starts_segment) {
-  std::vector<std::pair<index_t, index_t>> tiles;
-  for (index_t i = 0; i < nq; ++i) {
-    if (tiles.empty() || tiles.back().second == br || starts_segment(i)) tiles.emplace_back(i, 0);
-    ++tiles.back().second;
+/// starts_segment(i) says (block or frame boundaries, so that a tile's rows share a pattern);
+/// every query head of a GQA group has the same tiles.
+struct segmented_tiles {
+  std::vector<std::pair<index_t, index_t>> per_head;  // (first query, count)
+
+  template <class StartsSegment>
+  segmented_tiles(index_t nq, int br, StartsSegment&& starts_segment) {
+    for (index_t i = 0; i < nq; ++i) {
+      if (per_head.empty() || per_head.back().second == br || starts_segment(i)) per_head.emplace_back(i, 0);
+      ++per_head.back().second;
+    }
   }
-  return tiles;
-}
+
+  index_t tiles(const problem& pb) const { return pb.group * static_cast<index_t>(per_head.size()); }
+
+  /// Makes t the rows of tile `tile` of KV head hkv, calling row(r, query) for each row.
+  template <int Br, class Row>
+  void describe(const problem& pb, index_t hkv, index_t tile, tile_rows<Br>& t, Row&& row) const {
+    t.clear();
+    const index_t n = static_cast<index_t>(per_head.size());
+    const auto [first, count] = per_head[static_cast<std::size_t>(tile % n)];
+    for (int r = 0; r < count; ++r) {
+      t.set_row(r, hkv * pb.group + tile / n, first + r);
+      row(r, first + r);
+    }
+  }
+};
 
 /// Restricts row r's span in a run starting at key `first` (step 1) to keys <= aux[5][r], the
 /// row's last visible key (causal patterns; a large value otherwise).

@@ -83,17 +83,16 @@ struct flash_plan<custom<Keep, Score, Block>> {
   static constexpr index_t run_keys = 64;
   const policy& p;
   const problem& pb;
-  index_t per_head;
+  const segmented_tiles query_tiles;
 
-  flash_plan(const policy& pol, const problem& problem_, int br) : p(pol), pb(problem_), per_head((pb.nq + br - 1) / br) {}
+  flash_plan(const policy& pol, const problem& problem_, int br)
+      : p(pol), pb(problem_), query_tiles(pb.nq, br, [](index_t) { return false; }) {}
 
-  index_t tiles() const { return pb.group * per_head; }
+  index_t tiles() const { return query_tiles.tiles(pb); }
 
   template <int Br>
   void describe(index_t, index_t hkv, index_t tile, tile_rows<Br>& t) const {
-    t.clear();
-    const index_t first = tile % per_head * Br;
-    for (int r = 0; r < Br && first + r < pb.nq; ++r) t.set_row(r, hkv * pb.group + tile / per_head, first + r);
+    query_tiles.describe(pb, hkv, tile, t, [](int, index_t) {});
   }
 
   template <int Br, class F>

@@ -69,29 +69,25 @@ struct flash_plan<power> {
   static constexpr bool packs_gqa = false, token_callables = false, has_score = false;
   const power& p;
   const problem& pb;
-  std::vector<std::pair<index_t, index_t>> query_tiles;
+  const segmented_tiles query_tiles;
 
-  flash_plan(const power& policy, const problem& problem_, int br) : p(policy), pb(problem_) {
-    const index_t seg = p.block_size >= br ? p.block_size : br / p.block_size * p.block_size;
-    const index_t offset = pb.nk - pb.nq;
-    query_tiles = segment_tiles(pb.nq, br, [&](index_t i) { return (i + offset) % seg == 0; });
-  }
+  flash_plan(const power& policy, const problem& problem_, int br)
+      : p(policy), pb(problem_), query_tiles(pb.nq, br, [&](index_t i) {
+          const index_t seg = p.block_size >= br ? p.block_size : br / p.block_size * p.block_size;
+          return (i + pb.nk - pb.nq) % seg == 0;
+        }) {}
 
-  index_t tiles() const { return pb.group * static_cast<index_t>(query_tiles.size()); }
+  index_t tiles() const { return query_tiles.tiles(pb); }
 
   template <int Br>
   void describe(index_t, index_t hkv, index_t tile, tile_rows<Br>& t) const {
-    t.clear();
-    const index_t per_head = static_cast<index_t>(query_tiles.size());
-    const auto [first, count] = query_tiles[static_cast<std::size_t>(tile % per_head)];
-    for (int r = 0; r < count; ++r) {
-      const index_t i = first + r, pos = i + pb.nk - pb.nq;
-      t.set_row(r, hkv * pb.group + tile / per_head, i);
+    query_tiles.describe(pb, hkv, tile, t, [&](int r, index_t i) {
+      const index_t pos = i + pb.nk - pb.nq;
       t.live[r] = pb.nk > 0 && (!p.causal || pos >= 0);
       t.aux[5][r] = static_cast<std::int32_t>(p.causal ? std::max<index_t>(pos, -1) : pb.nk);
       const index_t bq = pos >= 0 ? pos / p.block_size : -((-pos + p.block_size - 1) / p.block_size);  // floor
       t.aux[0][r] = static_cast<std::int32_t>(bq);
-    }
+    });
   }
 
   template <int Br, class F>

@@ -147,31 +147,31 @@ struct flash_plan<radial> {
   const problem& pb;
   index_t nv;                             // video tokens; the rest are global
   std::vector<std::uint8_t> block_mask;   // official_blocks: BM, ceil(N/b)^2
-  std::vector<std::pair<index_t, index_t>> query_tiles;
+  segmented_tiles query_tiles;            // within a frame (token) or block (official_blocks)
 
   flash_plan(const radial& policy, const problem& problem_, int br)
-      : p(policy), pb(problem_), nv(policy.frames * policy.tokens_per_frame) {
-    const bool blocks = p.mode == radial::mode_kind::official_blocks;
-    if (blocks) block_mask = radial_block_mask(p, pb.nk);
-    const index_t seg = !blocks ? p.tokens_per_frame : p.block_size >= br ? p.block_size : br / p.block_size * p.block_size;
-    query_tiles = segment_tiles(pb.nq, br, [&](index_t i) { return i == nv || (i < nv && i % seg == 0); });
+      : p(policy),
+        pb(problem_),
+        nv(policy.frames * policy.tokens_per_frame),
+        query_tiles(pb.nq, br, [&](index_t i) {
+          const bool blocks = p.mode == radial::mode_kind::official_blocks;
+          const index_t seg =
+              !blocks ? p.tokens_per_frame : p.block_size >= br ? p.block_size : br / p.block_size * p.block_size;
+          return i == nv || (i < nv && i % seg == 0);
+        }) {
+    if (p.mode == radial::mode_kind::official_blocks) block_mask = radial_block_mask(p, pb.nk);
   }
 
-  index_t tiles() const { return pb.group * static_cast<index_t>(query_tiles.size()); }
+  index_t tiles() const { return query_tiles.tiles(pb); }
 
   template <int Br>
   void describe(index_t, index_t hkv, index_t tile, tile_rows<Br>& t) const {
-    t.clear();
-    const index_t per_head = static_cast<index_t>(query_tiles.size());
-    const auto [first, count] = query_tiles[static_cast<std::size_t>(tile % per_head)];
-    for (int r = 0; r < count; ++r) {
-      const index_t i = first + r;
-      t.set_row(r, hkv * pb.group + tile / per_head, i);
+    query_tiles.describe(pb, hkv, tile, t, [&](int r, index_t i) {
       t.aux[0][r] = static_cast<std::int32_t>(i / p.tokens_per_frame);
       t.aux[1][r] = static_cast<std::int32_t>(i % p.tokens_per_frame);
       t.aux[2][r] = static_cast<std::int32_t>(i / p.block_size);
       t.aux[5][r] = static_cast<std::int32_t>(p.causal ? i : pb.nk);
-    }
+    });
   }
 
   template <int Br, class F>
