@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -94,6 +95,29 @@ void check_empty_rows(const result<O>& r, F&& is_empty) {
   INFO("rows with the wrong emptiness: " << wrong << ", first " << first);
   CHECK(wrong == 0);
   CHECK(empty > 0);
+}
+
+/// attention (Fast) or reference::attention of p on fresh random inputs of shape s throws
+/// attnkit::error mentioning `what`, and leaves out and lse untouched.
+template <bool Fast, class P>
+void check_rejected(const P& p, const problem& s, const std::string& what, std::mt19937& gen) {
+  const auto in = random_qkv<float>(s, gen);
+  auto out = output_tensor<float>(s.o_ext(), layout::bhsd);
+  const auto before = out;
+  std::vector<float> lse(static_cast<std::size_t>(s.rows()), -777.f);
+  const auto lse_before = lse;
+  attnkit::options o;
+  o.lse = lse.data();
+  auto call = [&] {
+    if constexpr (Fast)
+      attnkit::attention(p, in.q.cview(), in.k.cview(), in.v.cview(), out.view, o);
+    else
+      attnkit::reference::attention(p, in.q.cview(), in.k.cview(), in.v.cview(), out.view, o);
+  };
+  CHECK_THROWS_AS(call(), attnkit::error);
+  CHECK_THROWS_WITH(call(), Catch::Contains(what));
+  CHECK(same_bits(before, out));
+  CHECK(same_bits(lse_before, lse));
 }
 
 }  // namespace attnkit_test
