@@ -1,7 +1,7 @@
 /// \file
-/// Helpers shared by the sparse-variant tests (neighborhood, power, radial, custom): running a
-/// policy's fast path and reference into fresh results, comparing two float64 results, the
-/// generic float64 masked softmax over a dense mask, and checks of empty rows.
+/// Helpers shared by the sparse-variant tests (neighborhood, power, radial, custom): comparing
+/// two float64 results, the generic float64 masked softmax over a dense mask, checks of empty
+/// rows and of rejected policies.
 #pragma once
 
 #include <cmath>
@@ -21,32 +21,6 @@ inline std::vector<index_t> mask_row(const std::vector<std::uint8_t>& mask, inde
   for (index_t j = 0; j < nk; ++j)
     if (mask[static_cast<std::size_t>(i * nk + j)]) keys.push_back(j);
   return keys;
-}
-
-/// reference::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> ref_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  attnkit::reference::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
-}
-
-/// attnkit::attention of any policy into a fresh out tensor (type O, layout lo), with lse.
-template <class O = float, class P, class Q, class K, class V>
-result<O> fast_run(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v, layout lo = layout::bhsd,
-                   int threads = 0) {
-  problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
-  result<O> r = make_result<O>(s, lo);
-  attnkit::options opt;
-  opt.lse = r.lse_ptr();
-  opt.lse_size = s.rows();
-  opt.threads = threads;
-  attnkit::attention(p, q.cview(), k.cview(), v.cview(), r.out.view, opt);
-  return r;
 }
 
 /// Two float64 results of the same math (possibly summed in another order) agree to ~1e-6.

@@ -98,10 +98,10 @@ TEST_CASE("reference: custom causal keep == softmax{causal} (bottom-right, GQA)"
   const auto p = attnkit::make_custom(causal_keep{s.Nk - s.Nq});
   attnkit::softmax sm;
   sm.causal = true;
-  check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
+  check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
   // a block predicate is a hint for the fast path only: the reference is bitwise the same
   const auto pb = attnkit::make_custom(causal_keep{s.Nk - s.Nq}, attnkit::identity_score{}, causal_blocks{s.Nk - s.Nq});
-  const auto a = ref_run(p, in.q, in.k, in.v), b = ref_run(pb, in.q, in.k, in.v);
+  const auto a = run_ref(p, in.q, in.k, in.v), b = run_ref(pb, in.q, in.k, in.v);
   CHECK(same_bits(a.out, b.out));
   CHECK(same_bits(a.lse_mem, b.lse_mem));
 }
@@ -120,14 +120,14 @@ TEST_CASE("reference: custom ALiBi and soft-cap scores == softmax with alibi_slo
   sm.alibi_slopes = slopes.data();
   const auto want = run_ref(sm, in.q, in.k, in.v);
   if (causal)
-    check_same_math(ref_run(attnkit::make_custom(causal_keep{off}, alibi_score{slopes.data(), off}), in.q, in.k, in.v),
+    check_same_math(run_ref(attnkit::make_custom(causal_keep{off}, alibi_score{slopes.data(), off}), in.q, in.k, in.v),
                     want);
   else
-    check_same_math(ref_run(attnkit::make_custom(keep_all{}, alibi_score{slopes.data(), off}), in.q, in.k, in.v), want);
+    check_same_math(run_ref(attnkit::make_custom(keep_all{}, alibi_score{slopes.data(), off}), in.q, in.k, in.v), want);
   attnkit::softmax cap;
   cap.softcap = 2.5f;
   cap.scale = 0.8f;
-  check_same_math(ref_run(attnkit::make_custom(keep_all{}, softcap_score{2.5f}, 0.8f), in.q, in.k, in.v),
+  check_same_math(run_ref(attnkit::make_custom(keep_all{}, softcap_score{2.5f}, 0.8f), in.q, in.k, in.v),
                   run_ref(cap, in.q, in.k, in.v));
 }
 
@@ -135,13 +135,13 @@ TEST_CASE("reference: scale 0 is 1/sqrt(D); an explicit scale is used as is", "[
   ATTNKIT_SEEDED_RNG(gen);
   const problem s = make_problem(1, 2, 2, 20, 30, 25, 8);
   const auto in = random_qkv<float>(s, gen, layout::bhsd, layout::bhsd, layout::bhsd, 2.f);
-  check_same_math(ref_run(attnkit::make_custom(keep_all{}), in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
+  check_same_math(run_ref(attnkit::make_custom(keep_all{}), in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
   attnkit::softmax sm;
   sm.scale = 1.7f;
   const auto p = attnkit::make_custom(keep_all{}, 1.7f);
-  check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
+  check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
   // and the two scales really differ (the check above is not vacuous)
-  const auto a = ref_run(p, in.q, in.k, in.v), b = ref_run(attnkit::make_custom(keep_all{}), in.q, in.k, in.v);
+  const auto a = run_ref(p, in.q, in.k, in.v), b = run_ref(attnkit::make_custom(keep_all{}), in.q, in.k, in.v);
   CHECK_FALSE(compare_out(a.out, b.out, 1e-3, 1e-3).first);
 }
 
@@ -158,7 +158,7 @@ TEST_CASE("reference: keep and score receive the batch entry and the query head"
         using S = decltype(x);
         return x - static_cast<S>(0.1 * double(h + 1) * double(std::abs(i - j)));
       });
-  const auto whole = ref_run(p, in.q, in.k, in.v);
+  const auto whole = run_ref(p, in.q, in.k, in.v);
   for (index_t b = 0; b < 2; ++b)
     for (index_t h = 0; h < 4; ++h) {
       CAPTURE(b, h);
@@ -180,13 +180,13 @@ TEST_CASE("reference: rows with no kept key, or only -inf scores, are zeros with
   const auto in = random_qkv<float>(s, gen);
   // odd rows keep nothing
   const auto p = attnkit::make_custom([](index_t, index_t, index_t i, index_t) { return i % 2 == 0; });
-  const auto r = ref_run(p, in.q, in.k, in.v);
+  const auto r = run_ref(p, in.q, in.k, in.v);
   check_empty_rows(r, [](index_t, index_t, index_t i) { return i % 2 == 1; });
   // rows whose every score is -inf (a score transform used as a mask)
   const auto q = attnkit::make_custom(keep_all{}, [](auto x, index_t, index_t, index_t i, index_t) {
     return i < 5 ? -std::numeric_limits<decltype(x)>::infinity() : x;
   });
-  const auto r2 = ref_run(q, in.q, in.k, in.v);
+  const auto r2 = run_ref(q, in.q, in.k, in.v);
   check_empty_rows(r2, [](index_t, index_t, index_t i) { return i < 5; });
   CHECK(all_finite(r2.out));
 }
@@ -238,8 +238,8 @@ TEST_CASE("fast: custom causal == softmax{causal}, with and without a block pred
   sm.causal = true;
   const auto want = run_ref(sm, in.q, in.k, in.v);
   auto check = [&](const auto& p) {
-    const auto fast = fast_run(p, in.q, in.k, in.v);
-    check_matches(fast, ref_run(p, in.q, in.k, in.v), float_tol);
+    const auto fast = run_fast(p, in.q, in.k, in.v);
+    check_matches(fast, run_ref(p, in.q, in.k, in.v), float_tol);
     check_matches(fast, want, float_tol);
     if (off < 0) check_empty_rows(fast, [&](index_t, index_t, index_t i) { return i + off < 0; });
   };
@@ -265,8 +265,8 @@ TEST_CASE("fast: custom ALiBi score == softmax with alibi_slopes, with and witho
   sm.alibi_slopes = slopes.data();
   const auto want = run_ref(sm, in.q, in.k, in.v);
   auto check = [&](const auto& p) {
-    const auto fast = fast_run(p, in.q, in.k, in.v);
-    check_matches(fast, ref_run(p, in.q, in.k, in.v), float_tol);
+    const auto fast = run_fast(p, in.q, in.k, in.v);
+    check_matches(fast, run_ref(p, in.q, in.k, in.v), float_tol);
     check_matches(fast, want, float_tol);
   };
   const alibi_score score{slopes.data(), off};
@@ -291,11 +291,11 @@ TEST_CASE("fast: per-(batch, head) keep and score, GQA, soft-cap match reference
         return static_cast<S>(3) * std::tanh(x / static_cast<S>(3)) + static_cast<S>(0.01 * double((j + h + b) % 7));
       },
       0.3f);
-  check_matches(fast_run(p, in.q, in.k, in.v), ref_run(p, in.q, in.k, in.v), float_tol);
+  check_matches(run_fast(p, in.q, in.k, in.v), run_ref(p, in.q, in.k, in.v), float_tol);
   const auto cap = attnkit::make_custom(keep_all{}, softcap_score{4.f});
   attnkit::softmax sm;
   sm.softcap = 4.f;
-  check_matches(fast_run(cap, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v), float_tol);
+  check_matches(run_fast(cap, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v), float_tol);
 }
 
 TEST_CASE("fast: rows with no kept key are zeros with lse -inf", "[custom][fast][edge]") {
@@ -303,8 +303,8 @@ TEST_CASE("fast: rows with no kept key are zeros with lse -inf", "[custom][fast]
   const problem s = make_problem(2, 2, 1, 150, 90, 16, 16);
   const auto in = random_qkv<float>(s, gen);
   const auto p = attnkit::make_custom([](index_t b, index_t, index_t i, index_t j) { return i % 3 != b && j < i; });
-  const auto fast = fast_run(p, in.q, in.k, in.v);
-  check_matches(fast, ref_run(p, in.q, in.k, in.v), float_tol);
+  const auto fast = run_fast(p, in.q, in.k, in.v);
+  check_matches(fast, run_ref(p, in.q, in.k, in.v), float_tol);
   check_empty_rows(fast, [](index_t b, index_t, index_t i) { return i % 3 == b || i == 0; });
 }
 
@@ -313,10 +313,10 @@ TEST_CASE("fast: bf16 and strided layouts match reference", "[custom][fast][half
   const problem s = make_problem(1, 4, 2, 200, 200, 64, 64);
   const auto p = attnkit::make_custom(causal_keep{0}, attnkit::identity_score{}, causal_blocks{0});
   const auto hb = random_qkv<bf16>(s, gen);
-  check_matches(fast_run<float>(p, hb.q, hb.k, hb.v), ref_run(p, hb.q, hb.k, hb.v), half_tol);
-  check_matches(fast_run<bf16>(p, hb.q, hb.k, hb.v, layout::bshd), ref_run(p, hb.q, hb.k, hb.v), half_tol);
+  check_matches(run_fast<float>(p, hb.q, hb.k, hb.v), run_ref(p, hb.q, hb.k, hb.v), half_tol);
+  check_matches(run_fast<bf16>(p, hb.q, hb.k, hb.v, layout::bshd), run_ref(p, hb.q, hb.k, hb.v), half_tol);
   const auto st = random_qkv<float>(s, gen, layout::strided, layout::bshd, layout::strided);
-  check_matches(fast_run(p, st.q, st.k, st.v, layout::strided), ref_run(p, st.q, st.k, st.v), float_tol);
+  check_matches(run_fast(p, st.q, st.k, st.v, layout::strided), run_ref(p, st.q, st.k, st.v), float_tol);
 }
 
 TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[custom][fast][threads]") {
@@ -325,11 +325,11 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[custom
   const auto in = random_qkv<float>(s, gen);
   const auto slopes = attnkit::alibi_slopes(s.Hq);
   const auto p = attnkit::make_custom(causal_keep{0}, alibi_score{slopes.data(), 0}, causal_blocks{0});
-  const auto one = fast_run(p, in.q, in.k, in.v, layout::bhsd, 1);
-  const auto two = fast_run(p, in.q, in.k, in.v, layout::bhsd, 2);
+  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+  const auto two = run_fast(p, in.q, in.k, in.v, layout::bhsd, 2);
   CHECK(same_bits(one.out, two.out));
   CHECK(same_bits(one.lse_mem, two.lse_mem));
-  check_matches(one, ref_run(p, in.q, in.k, in.v), float_tol);
+  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
 TEST_CASE("fast: bad input throws attnkit::error, out untouched", "[custom][fast][validation]") {

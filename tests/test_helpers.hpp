@@ -216,9 +216,9 @@ result<O> make_result(const problem& s, layout lo) {
   return r;
 }
 
-/// attnkit::attention into a fresh out tensor of type O (layout lo), with lse.
-template <class O = float, class Q, class K, class V>
-result<O> run_fast(const attnkit::softmax& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v,
+/// attnkit::attention of policy p into a fresh out tensor of type O (layout lo), with lse.
+template <class O = float, class P, class Q, class K, class V>
+result<O> run_fast(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v,
                    layout lo = layout::bhsd, int threads = 0) {
   problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
   result<O> r = make_result<O>(s, lo);
@@ -230,9 +230,9 @@ result<O> run_fast(const attnkit::softmax& p, const tensor<Q>& q, const tensor<K
   return r;
 }
 
-/// attnkit::reference::attention into a float out tensor, with lse.
-template <class O = float, class Q, class K, class V>
-result<O> run_ref(const attnkit::softmax& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v,
+/// attnkit::reference::attention of policy p into a fresh out tensor (type O, layout lo), with lse.
+template <class O = float, class P, class Q, class K, class V>
+result<O> run_ref(const P& p, const tensor<Q>& q, const tensor<K>& k, const tensor<V>& v,
                   layout lo = layout::bhsd) {
   problem s{q.ext[0], q.ext[1], k.ext[1], q.ext[2], k.ext[2], q.ext[3], v.ext[3]};
   result<O> r = make_result<O>(s, lo);

@@ -112,8 +112,8 @@ void fast_vs_reference(const P& p, const problem& s, std::mt19937& gen, layout l
   INFO(describe(s) << " " << describe(p) << " in=" << type_name<In>() << " out=" << type_name<Out>()
                    << " layout=" << name(l));
   const qkv<In> in = random_qkv<In>(s, gen, l, l, l);
-  const result<Out> fast = fast_run<Out>(p, in.q, in.k, in.v, l);
-  const result<float> ref = ref_run(p, in.q, in.k, in.v);
+  const result<Out> fast = run_fast<Out>(p, in.q, in.k, in.v, l);
+  const result<float> ref = run_ref(p, in.q, in.k, in.v);
   check_matches(fast, ref, tol_for<In, Out>());
 }
 
@@ -306,7 +306,7 @@ TEST_CASE("property 4: stride == kernel with divisible shape is block-diagonal (
   // and the attention output equals softmax restricted to the tile
   const problem s = problem_of(2, 2, 1, n, 16, 8);
   const auto in = random_qkv<float>(s, gen);
-  check_same_math(ref_run(p, in.q, in.k, in.v), masked_reference(tiles, 0.f, in));
+  check_same_math(run_ref(p, in.q, in.k, in.v), masked_reference(tiles, 0.f, in));
 }
 
 TEST_CASE("property 7: a causal axis never uses a key with a larger coordinate", "[neighborhood][pattern][causal]") {
@@ -338,13 +338,13 @@ TEST_CASE("reference: changing a future token never changes an earlier causal ro
   const index_t n = grid(p);
   const problem s = problem_of(1, 2, 2, n, 8, 8);
   auto in = random_qkv<float>(s, gen);
-  const auto before = ref_run(p, in.q, in.k, in.v);
+  const auto before = run_ref(p, in.q, in.k, in.v);
   // replace every token of frames x0 >= 5
   std::uniform_real_distribution<float> u(-3.f, 3.f);
   for (index_t t = 5 * 7; t < n; ++t)
     for (index_t h = 0; h < 2; ++h)
       for (index_t d = 0; d < 8; ++d) in.k.set(0, h, t, d, u(gen)), in.v.set(0, h, t, d, u(gen));
-  const auto after = ref_run(p, in.q, in.k, in.v);
+  const auto after = run_ref(p, in.q, in.k, in.v);
   index_t changed_early = 0, changed_late = 0;
   for (index_t h = 0; h < 2; ++h)
     for (index_t t = 0; t < n; ++t) {
@@ -369,7 +369,7 @@ TEST_CASE("property 1: kernel == shape (any stride, non-causal) equals dense sof
     const auto in = random_qkv<float>(s, gen);
     attnkit::softmax dense;
     dense.scale = p.scale;
-    check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(dense, in.q, in.k, in.v));
+    check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(dense, in.q, in.k, in.v));
   }
   neighborhood<3> p3;
   p3.shape = {2, 3, 4};
@@ -377,7 +377,7 @@ TEST_CASE("property 1: kernel == shape (any stride, non-causal) equals dense sof
   p3.stride = {1, 3, 2};
   const problem s = problem_of(1, 2, 1, 24, 8, 8);
   const auto in = random_qkv<float>(s, gen);
-  check_same_math(ref_run(p3, in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
+  check_same_math(run_ref(p3, in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
 }
 
 TEST_CASE("property 2: 1-D causal with kernel == L (any stride) equals causal softmax", "[neighborhood][reference]") {
@@ -393,7 +393,7 @@ TEST_CASE("property 2: 1-D causal with kernel == L (any stride) equals causal so
     const auto in = random_qkv<float>(s, gen);
     attnkit::softmax causal;
     causal.causal = true;
-    check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(causal, in.q, in.k, in.v));
+    check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(causal, in.q, in.k, in.v));
   }
 }
 
@@ -409,7 +409,7 @@ TEST_CASE("property 6: dilation equals NA with dilation 1 on each dilation group
   const index_t n = grid(p);
   const problem s = problem_of(2, 2, 1, n, 8, 6);
   const auto in = random_qkv<float>(s, gen);
-  const auto whole = ref_run(p, in.q, in.k, in.v);
+  const auto whole = run_ref(p, in.q, in.k, in.v);
   index_t compared = 0;
   for (index_t g0 = 0; g0 < 2; ++g0)
     for (index_t g1 = 0; g1 < 3; ++g1) {
@@ -423,7 +423,7 @@ TEST_CASE("property 6: dilation equals NA with dilation 1 on each dilation group
       REQUIRE(static_cast<index_t>(tokens.size()) == grid(sub));
       CAPTURE(g0, g1, describe(sub));
       const qkv<float> part{gather(in.q, tokens), gather(in.k, tokens), gather(in.v, tokens)};
-      const auto r = ref_run(sub, part.q, part.k, part.v);
+      const auto r = run_ref(sub, part.q, part.k, part.v);
       for (index_t b = 0; b < 2; ++b)
         for (index_t h = 0; h < 2; ++h)
           for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -461,7 +461,7 @@ TEST_CASE("property 8: translation equivariance away from the borders (stride 1)
         shifted.v.view(0, 0, to, d) = in.v.view(0, 0, from, d);
       }
     }
-  const auto a = ref_run(p, in.q, in.k, in.v), b = ref_run(p, shifted.q, shifted.k, shifted.v);
+  const auto a = run_ref(p, in.q, in.k, in.v), b = run_ref(p, shifted.q, shifted.k, shifted.v);
   // interior along axis 1: both windows (x1 in the shifted grid, x1 + 1 in the original) avoid
   // the borders and the fresh last column
   const index_t lo = p.causal[1] ? w - 1 : w / 2, hi = p.causal[1] ? L1 - 2 : L1 - 2 - (w - 1 - w / 2);
@@ -526,7 +526,7 @@ TEMPLATE_TEST_CASE_SIG("reference output == masked softmax over dense_mask", "[n
     INFO(describe(p));
     const problem s = problem_of(2, 4, 2, n, 12, 10);
     const auto in = random_qkv<float>(s, gen);
-    check_same_math(ref_run(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, n, n), p.scale, in));
+    check_same_math(run_ref(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, n, n), p.scale, in));
   }
 }
 
@@ -544,7 +544,7 @@ TEST_CASE("reference: GQA reads kv head h / (Hq / Hkv)", "[neighborhood][referen
   auto k4 = random_tensor<float>(r.k_ext(), layout::bhsd, gen), v4 = random_tensor<float>(r.v_ext(), layout::bhsd, gen);
   k4.for_each([&](index_t b, index_t h, index_t t, index_t d) { k4.view(b, h, t, d) = in.k.view(b, h / 2, t, d); });
   v4.for_each([&](index_t b, index_t h, index_t t, index_t d) { v4.view(b, h, t, d) = in.v.view(b, h / 2, t, d); });
-  const auto a = ref_run(p, in.q, in.k, in.v), b = ref_run(p, in.q, k4, v4);
+  const auto a = run_ref(p, in.q, in.k, in.v), b = run_ref(p, in.q, k4, v4);
   CHECK(same_bits(a.out, b.out));
   CHECK(same_bits(a.lse_mem, b.lse_mem));
 }
@@ -760,11 +760,11 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[neighb
   p.causal = {true, false, false};
   const problem s = problem_of(2, 4, 2, 495, 32, 32);
   const auto in = random_qkv<float>(s, gen);
-  const auto one = fast_run(p, in.q, in.k, in.v, layout::bhsd, 1);
-  const auto two = fast_run(p, in.q, in.k, in.v, layout::bhsd, 2);
+  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+  const auto two = run_fast(p, in.q, in.k, in.v, layout::bhsd, 2);
   CHECK(same_bits(one.out, two.out));
   CHECK(same_bits(one.lse_mem, two.lse_mem));
-  check_matches(one, ref_run(p, in.q, in.k, in.v), float_tol);
+  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {

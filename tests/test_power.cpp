@@ -66,8 +66,8 @@ std::pair<result<Out>, result<float>> fast_vs_reference(const P& p, const proble
   INFO(describe(s) << " " << describe(p) << " in=" << type_name<In>() << " out=" << type_name<Out>()
                    << " layout=" << name(l));
   const qkv<In> in = random_qkv<In>(s, gen, l, l, l);
-  result<Out> fast = fast_run<Out>(p, in.q, in.k, in.v, l);
-  result<float> ref = ref_run(p, in.q, in.k, in.v);
+  result<Out> fast = run_fast<Out>(p, in.q, in.k, in.v, l);
+  result<float> ref = run_ref(p, in.q, in.k, in.v);
   check_matches(fast, ref, tol_for<In, Out>());
   return {std::move(fast), std::move(ref)};
 }
@@ -244,7 +244,7 @@ TEST_CASE("property 5: causal never uses j > p; decode rows equal prefill rows",
     for (index_t j = i + 1; j < N; ++j) REQUIRE(prefill[static_cast<std::size_t>(i * N + j)] == 0);
   const problem s = make_problem(2, 4, 2, N, N, 16, 16);
   const auto in = random_qkv<float>(s, gen);
-  const auto full = ref_run(p, in.q, in.k, in.v);
+  const auto full = run_ref(p, in.q, in.k, in.v);
   for (index_t nq : {1, 7}) {
     CAPTURE(nq);
     const auto rows = attnkit::dense_mask(p, nq, N);
@@ -254,7 +254,7 @@ TEST_CASE("property 5: causal never uses j > p; decode rows equal prefill rows",
     d.Nq = nq;
     tensor<float> q = random_tensor<float>(d.q_ext(), layout::bhsd, gen);
     q.for_each([&](index_t b, index_t h, index_t i, index_t x) { q.view(b, h, i, x) = in.q.view(b, h, N - nq + i, x); });
-    const auto dec = ref_run(p, q, in.k, in.v);
+    const auto dec = run_ref(p, q, in.k, in.v);
     for (index_t b = 0; b < 2; ++b)
       for (index_t h = 0; h < 4; ++h)
         for (index_t i = 0; i < nq; ++i) {
@@ -298,7 +298,7 @@ TEST_CASE("properties 1 and 2: at most 3 blocks, or W >= n_blocks, equals causal
     const auto in = random_qkv<float>(s, gen);
     attnkit::softmax sm;
     sm.causal = causal;
-    check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
+    check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
   }
   // property 1: a window of at least n_blocks blocks
   const attnkit::power wide = make_power(4, 20, 0, 0, causal);  // 80 tokens = 20 blocks
@@ -307,7 +307,7 @@ TEST_CASE("properties 1 and 2: at most 3 blocks, or W >= n_blocks, equals causal
   const auto in = random_qkv<float>(s, gen);
   attnkit::softmax sm;
   sm.causal = causal;
-  check_same_math(ref_run(wide, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
+  check_same_math(run_ref(wide, in.q, in.k, in.v), run_ref(sm, in.q, in.k, in.v));
 }
 
 TEST_CASE("reference output == masked softmax over dense_mask (GQA, Nq != Nk)", "[power][reference]") {
@@ -320,7 +320,7 @@ TEST_CASE("reference output == masked softmax over dense_mask (GQA, Nq != Nk)", 
     const problem s = make_problem(2, 4, 2, n(gen), n(gen), 12, 10);
     INFO(describe(p) << " " << describe(s));
     const auto in = random_qkv<float>(s, gen);
-    check_same_math(ref_run(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, s.Nq, s.Nk), p.scale, in));
+    check_same_math(run_ref(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, s.Nq, s.Nk), p.scale, in));
   }
 }
 
@@ -329,7 +329,7 @@ TEST_CASE("reference: Nq > Nk causal: the first Nq - Nk rows see nothing (zeros,
   const problem s = make_problem(2, 2, 1, 30, 12, 8, 8);
   const auto in = random_qkv<float>(s, gen);
   const attnkit::power p = make_power(4, 1, 1);
-  const auto r = ref_run(p, in.q, in.k, in.v);
+  const auto r = run_ref(p, in.q, in.k, in.v);
   check_empty_rows(r, [&](index_t, index_t, index_t i) { return i < s.Nq - s.Nk; });
   CHECK(all_finite(r.out));
 }
@@ -390,7 +390,7 @@ TEST_CASE("reference: bad power fields throw attnkit::error, out untouched", "[p
   CHECK_NOTHROW(attnkit::dense_mask(make_power(1, 0, 0, -1), 4, 4));
   const problem s = make_problem(1, 1, 1, 5, 5, 4, 4);
   const auto in = random_qkv<float>(s, gen);
-  CHECK_NOTHROW(ref_run(make_power(1, 0, 0, 0), in.q, in.k, in.v));
+  CHECK_NOTHROW(run_ref(make_power(1, 0, 0, 0), in.q, in.k, in.v));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,10 +428,10 @@ TEST_CASE("fast: decode (Nq = 1 and Nq = 7, Nk = 300) matches reference and the 
   tensor<float> q = random_tensor<float>(d.q_ext(), layout::bhsd, gen);
   q.for_each([&](index_t b, index_t h, index_t i, index_t x) { q.view(b, h, i, x) = in.q.view(b, h, 300 - nq + i, x); });
   INFO(describe(p) << " Nq=" << nq);
-  const auto fast = fast_run(p, q, in.k, in.v);
-  const auto ref = ref_run(p, q, in.k, in.v);
+  const auto fast = run_fast(p, q, in.k, in.v);
+  const auto ref = run_ref(p, q, in.k, in.v);
   check_matches(fast, ref, float_tol);
-  const auto prefill = ref_run(p, in.q, in.k, in.v);
+  const auto prefill = run_ref(p, in.q, in.k, in.v);
   for (index_t h = 0; h < 8; ++h)
     for (index_t i = 0; i < nq; ++i)
       for (index_t x = 0; x < 64; ++x)
@@ -464,11 +464,11 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[power]
   const attnkit::power p = make_power(16, 3, 1);
   const problem s = make_problem(2, 4, 2, 300, 300, 32, 32);
   const auto in = random_qkv<float>(s, gen);
-  const auto one = fast_run(p, in.q, in.k, in.v, layout::bhsd, 1);
-  const auto two = fast_run(p, in.q, in.k, in.v, layout::bhsd, 2);
+  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+  const auto two = run_fast(p, in.q, in.k, in.v, layout::bhsd, 2);
   CHECK(same_bits(one.out, two.out));
   CHECK(same_bits(one.lse_mem, two.lse_mem));
-  check_matches(one, ref_run(p, in.q, in.k, in.v), float_tol);
+  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
 TEST_CASE("fast: bad power fields throw attnkit::error, out untouched", "[power][fast][validation]") {

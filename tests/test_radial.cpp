@@ -101,8 +101,8 @@ std::pair<result<Out>, result<float>> fast_vs_reference(const P& p, const proble
   INFO(describe(s) << " " << describe(p) << " in=" << type_name<In>() << " out=" << type_name<Out>()
                    << " layout=" << name(l));
   const qkv<In> in = random_qkv<In>(s, gen, l, l, l);
-  result<Out> fast = fast_run<Out>(p, in.q, in.k, in.v, l);
-  result<float> ref = ref_run(p, in.q, in.k, in.v);
+  result<Out> fast = run_fast<Out>(p, in.q, in.k, in.v, l);
+  result<float> ref = run_ref(p, in.q, in.k, in.v);
   check_matches(fast, ref, tol_for<In, Out>());
   return {std::move(fast), std::move(ref)};
 }
@@ -150,11 +150,11 @@ TEST_CASE("property 1: frames = 1 is dense attention (token mode, any s)", "[rad
       CHECK(count(reference_mask(p, n)) == n * n);
       const problem pr = make_problem(2, 2, 1, n, 16, 8);
       const auto in = random_qkv<float>(pr, gen);
-      check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
+      check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(attnkit::softmax{}, in.q, in.k, in.v));
       p.causal = true;
       attnkit::softmax causal;
       causal.causal = true;
-      check_same_math(ref_run(p, in.q, in.k, in.v), run_ref(causal, in.q, in.k, in.v));
+      check_same_math(run_ref(p, in.q, in.k, in.v), run_ref(causal, in.q, in.k, in.v));
     }
   }
   // official_blocks with whole tiles per frame is dense too
@@ -388,7 +388,7 @@ TEST_CASE("official_blocks can leave a query with no key: zeros and lse -inf", "
   CHECK(at(m, 33, 0, 32) == 1);  // token 32 is still a key of the rows above
   const problem s = make_problem(1, 2, 1, 33, 8, 8);
   const auto in = random_qkv<float>(s, gen);
-  const auto r = ref_run(p, in.q, in.k, in.v);
+  const auto r = run_ref(p, in.q, in.k, in.v);
   for (index_t h = 0; h < 2; ++h) {
     CHECK(r.lse(h * 33 + 32) == -inf);
     for (index_t d = 0; d < 8; ++d) CHECK(r.out.get(0, h, 32, d) == 0.f);
@@ -411,7 +411,7 @@ TEST_CASE("reference output == masked softmax over dense_mask", "[radial][refere
   INFO(describe(p) << " N=" << n);
   const problem s = make_problem(2, 4, 2, n, 12, 10);
   const auto in = random_qkv<float>(s, gen);
-  check_same_math(ref_run(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, n, n), p.scale, in));
+  check_same_math(run_ref(p, in.q, in.k, in.v), masked_reference(attnkit::dense_mask(p, n, n), p.scale, in));
 }
 
 TEST_CASE("reference: hand-computed two-frame case", "[radial][reference]") {
@@ -538,11 +538,11 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[radial
     const attnkit::radial p = make_radial(6, 40, 1, md, 16, 1.f, md == mode::token);
     const problem s = make_problem(2, 4, 2, 260, 32, 32);
     const auto in = random_qkv<float>(s, gen);
-    const auto one = fast_run(p, in.q, in.k, in.v, layout::bhsd, 1);
-    const auto two = fast_run(p, in.q, in.k, in.v, layout::bhsd, 2);
+    const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+    const auto two = run_fast(p, in.q, in.k, in.v, layout::bhsd, 2);
     CHECK(same_bits(one.out, two.out));
     CHECK(same_bits(one.lse_mem, two.lse_mem));
-    check_matches(one, ref_run(p, in.q, in.k, in.v), float_tol);
+    check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
   }
 }
 
