@@ -69,17 +69,9 @@ const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, ind
   return buf;
 }
 
-/// Asks for one row of `bytes` bytes ahead of use (a hint: never faults).
-template <class T>
-ATTNKIT_ALWAYS_INLINE void prefetch_row(const T* row, index_t bytes) {
-  const char* p = reinterpret_cast<const char*>(row);
-  for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 1);  // to L2: spares L1 fill buffers
-}
-
 /// One chunk of a run: keys key0, key0 + step, ... (nkeys of them) at run positions pos0, ...
 struct chunk {
   index_t key0, step, pos0;
-  index_t last_key;  // the last key of the run this tile visits (prefetching stops there)
   int nkeys;
   bool partial;     // some row does not keep every key: apply the spans
   bool token_mask;  // the plan's keep() decides per token
@@ -103,11 +95,11 @@ void for_each_chunk(const Plan& plan, typename G::rows& t, index_t b, index_t kb
       if (t.lo[r] <= t.hi[r]) any_lo = std::min<index_t>(any_lo, t.lo[r]), any_hi = std::max<index_t>(any_hi, t.hi[r]);
     }
     if (run.token_mask) any_lo = 0, any_hi = run.count - 1;
-    const index_t end = std::min(r1, any_hi + 1), last_key = run.first + (end - 1) * run.step;
+    const index_t end = std::min(r1, any_hi + 1);
     for (index_t pos0 = std::max(r0, any_lo); pos0 < end; pos0 += G::Bc) {
       const int nkeys = static_cast<int>(std::min<index_t>(G::Bc, end - pos0));
       const bool partial = pos0 < full_lo || pos0 + nkeys - 1 > full_hi;
-      f(chunk{run.first + pos0 * run.step, run.step, pos0, last_key, nkeys, partial && !run.token_mask,
+      f(chunk{run.first + pos0 * run.step, run.step, pos0, nkeys, partial && !run.token_mask,
               run.token_mask});
     }
   });
@@ -249,25 +241,13 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
   std::fill(sc.ot, sc.ot + pb.dv * G::Br, 0.f);
   for (int n = 0; n < G::NR; ++n) m[n] = V(neg_inf), l[n] = V(0.f);
 
-  [[maybe_unused]] const index_t k_row_bytes = pb.d * k.stride(dim_axis) * static_cast<index_t>(sizeof(K)),
-                                 v_row_bytes = pb.dv * v.stride(dim_axis) * static_cast<index_t>(sizeof(Vt));
   for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& c) {
     index_t ks, vs;
     const float* kp = float_rows(k, b, hkv, c.key0, c.step, c.nkeys, sc.kbuf, ks);
-    if constexpr (G::rows_in_lanes) {
+    if constexpr (G::rows_in_lanes)
       simd::qk_tile<G>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s);
-    } else {
-      // Few rows do little work per byte, so K/V stream from DRAM: ask for the next chunk's
-      // keys and values while this chunk's scores are computed (within the tile's range).
-      const index_t next = c.key0 + G::Bc * c.step;
-      const auto ahead = [&](int j, int n) {
-        for (index_t r = next + j * c.step; r <= std::min(c.last_key, next + (j + n - 1) * c.step); r += c.step) {
-          prefetch_row(k.row(b, hkv, r), k_row_bytes);
-          prefetch_row(v.row(b, hkv, r), v_row_bytes);
-        }
-      };
-      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s, ahead);
-    }
+    else
+      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s);
     softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, m, l, sc.ot);
     const float* vp = float_rows(v, b, hkv, c.key0, c.step, c.nkeys, sc.vbuf, vs);
     if constexpr (G::rows_in_lanes)
