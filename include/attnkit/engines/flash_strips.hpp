@@ -7,12 +7,14 @@
 /// lane reads exactly its own window, so no work is spent on keys outside it (the "speed of
 /// light" of GNA, Hassani et al. 2025, reached without requiring strides).
 ///
-/// Per (batch, KV head), K and V are first copied transposed, one row of positions per
-/// (line, dilation group, channel): KT[line][g][c][v]. The 16 keys of window offset o are then
-/// one unaligned vector load at v = start(0) + o (interior strips) or a two-register permute of
-/// 32 positions (border, causal and strided strips). Two strips on neighbouring lines share
-/// every K/V vector they both need (two FMAs per load). The window is small, so each strip's
-/// softmax is exact in two passes (scores, then max/exp/sum, then P.V), with no rescaling.
+/// K and V are read transposed: each worker keeps, for the band of strips it sweeps, the key
+/// lines their windows reach as transposed segments (one row of positions per channel), built
+/// from the original rows when first needed and kept while the sweep reuses them, so they
+/// stay in L2 (transposing all of K and V up front sends them through DRAM twice more). The 16 keys of window offset o are then one unaligned vector
+/// load at offset o of a segment (interior strips) or a two-register permute (border, causal
+/// and strided strips). Two strips on neighbouring lines share every K/V vector they both
+/// need (two FMAs per load). The window is small, so each strip's softmax is exact in two
+/// passes (scores, then max/exp/sum, then P.V), with no rescaling.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -73,19 +75,6 @@ bool preferred(const neighborhood<Rank>& p) {
   return strips * lanes * strip_penalty < tiles;
 }
 
-/// K or V of one (batch, KV head), transposed: rows of `padded` positions per (line, group,
-/// channel). Positions past a group's length are zero, so vector loads and permutes that run
-/// over the end read finite values (their lanes are masked or multiplied by zero).
-struct transposed {
-  index_t groups = 1, depth = 0, padded = 0;
-  std::vector<float> data;
-  /// Floats per (line, group): one cache line more than its rows, so that the same row of
-  /// neighbouring lines does not map to the same cache sets (the rows span a power of two).
-  index_t block() const { return depth * padded + 16; }
-  const float* row(index_t line, index_t g, index_t c) const { return data.data() + (line * groups + g) * block() + c * padded; }
-  float* row(index_t line, index_t g, index_t c) { return data.data() + (line * groups + g) * block() + c * padded; }
-};
-
 /// In-register transpose of a 16 x 16 block: t[k] becomes column k.
 ATTNKIT_ALWAYS_INLINE void transpose16(__m512 t[W]) {
   __m512 r[W];
@@ -137,26 +126,70 @@ const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, 
   return buf;
 }
 
-/// Fills `out` with t[b, h] transposed, sixteen in-group positions at a time.
-template <int Rank, class T>
-void transpose(const neighborhood<Rank>& p, const tensor_view<const T>& t, index_t b, index_t h, index_t threads,
-               transposed& out) {
-  const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], lines = t.seq() / len;
-  out.groups = d;
-  out.depth = t.dim();
-  out.padded = ((len + d - 1) / d + 2 * W + 15) / 16 * 16;
-  out.data.resize(static_cast<std::size_t>(lines * d * out.block()));
-  parallel_for(lines * d, static_cast<int>(threads), [&](index_t lg) {
-    const index_t line = lg / d, g = lg % d, group_len = (len - g + d - 1) / d;
-    float* buf = static_cast<float*>(thread_arena().reserve(static_cast<std::size_t>(W * out.depth) * sizeof(float)));
-    for (index_t v0 = 0; v0 < group_len; v0 += W) {
-      const int n = static_cast<int>(std::min<index_t>(W, group_len - v0));
-      index_t row_stride;
-      const float* rows = rows_as_float(t, b, h, line * len + g + d * v0, d, n, buf, row_stride);
-      transpose_rows(rows, row_stride, n, out.depth, 1.f, out.row(line, g, 0) + v0, out.padded);
+/// Transposed segments of key lines for one band of strips: a slot holds, for one key line, the
+/// in-group positions [start, start + width) of the column's dilation group, one row of
+/// `width` positions per channel (positions past the group are zero, so loads and permutes
+/// that run over its end read finite values, in lanes that are masked or weighted by zero).
+/// Slots are tagged by key line; a line the current task needs and no slot holds replaces the
+/// least recently used line the task does not need.
+class line_cache {
+ public:
+  void reset(index_t slots, index_t depth, index_t width) {
+    stride_ = depth * width + 16;  // one cache line more: slots do not alias the same cache sets
+    data_.resize(static_cast<std::size_t>(slots * stride_));
+    line_.assign(static_cast<std::size_t>(slots), -1);
+    used_.assign(static_cast<std::size_t>(slots), -1);
+  }
+
+  /// Slots of lines[0, n) for task number `task` (increasing), filling missing ones with
+  /// fill(line, slot): hits are claimed first, so a miss never evicts a line of this task.
+  template <class Fill>
+  void lookup(const index_t* lines, int n, index_t task, const float** slots, Fill&& fill) {
+    for (int i = 0; i < n; ++i) {
+      slots[i] = nullptr;
+      for (std::size_t s = 0; s < line_.size(); ++s)
+        if (line_[s] == lines[i]) {
+          used_[s] = task;
+          slots[i] = slot(s);
+          break;
+        }
     }
-    for (index_t c = 0; c < out.depth; ++c) std::fill(out.row(line, g, c) + group_len, out.row(line, g, c) + out.padded, 0.f);
-  });
+    for (int i = 0; i < n; ++i) {
+      if (slots[i]) continue;
+      std::size_t victim = 0;
+      for (std::size_t s = 1; s < line_.size(); ++s)
+        if (used_[s] < used_[victim]) victim = s;
+      line_[victim] = lines[i];
+      used_[victim] = task;
+      fill(lines[i], slot(victim));
+      slots[i] = slot(victim);
+    }
+  }
+
+ private:
+  float* slot(std::size_t s) { return data_.data() + static_cast<index_t>(s) * stride_; }
+  index_t stride_ = 0;
+  std::vector<float> data_;
+  std::vector<index_t> line_, used_;
+};
+
+/// Writes positions [start, start + span) of dilation group g of key line `line` of t[b, h]
+/// into dst transposed (row stride width >= span per channel), zeros past them and past the
+/// group's end.
+template <int Rank, class T>
+void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, index_t b, index_t h, index_t line,
+                  index_t g, index_t start, index_t span, index_t width, float* buf, float* dst) {
+  const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], group_len = (len - g + d - 1) / d;
+  const index_t valid = std::clamp<index_t>(group_len - start, 0, span);
+  for (index_t u = 0; u < valid; u += W) {
+    // Rows copied whole, one after another, before the transpose reads them across: the
+    // hardware prefetchers follow the sequential reads, not the transpose's interleaved ones.
+    const int n = static_cast<int>(std::min<index_t>(W, valid - u));
+    for (int i = 0; i < n; ++i)
+      simd::to_float_row(t.row(b, h, line * len + g + d * (start + u + i)), t.stride(dim_axis), t.dim(), buf + i * t.dim());
+    transpose_rows(buf, t.dim(), n, t.dim(), 1.f, dst + u, width);
+  }
+  for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + valid, dst + (c + 1) * width, 0.f);
 }
 
 /// The 16 keys of window offset o for every lane: position base + o + idx[r] of a transposed row.
@@ -264,36 +297,46 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     return t;
   };
 
-  // Tasks of one KV head: every query head of its group x every strip (pair), ordered down
-  // each strip column (consecutive pairs share all but two key lines, which then stay in L2);
-  // a work item is a run of `column_run` consecutive tasks of one column.
-  constexpr index_t column_run = 8;
+  // Tasks of one KV head: every query head of its group x every strip (pair). A work item is
+  // a band of up to `band_strips` neighbouring strips (of one line of the axes before the pair
+  // axis), swept down the pair axis by one worker: the key lines its windows reach are
+  // transposed once into the worker's cache, for the whole band, as the sweep reaches them.
+  constexpr std::size_t band_strips = 4;
+  struct band {
+    index_t first, last;  // its tasks
+    index_t start, span;  // in-group positions [start, start + span) its windows reach
+  };
   std::vector<task> tasks;
-  std::vector<std::pair<index_t, index_t>> items;  // [first, last) task of each work item
+  std::vector<band> items;
   {
-    std::vector<strip> strips_of_line;
+    std::vector<std::vector<strip>> bands_of_line;
     const index_t len = p.shape[last], d = p.dilation[last];
     for (index_t g = 0; g < d; ++g)
       for (index_t u0 = 0; u0 * d + g < len; u0 += W) {
         strip s;
         s.x[last] = g + d * u0;
         s.lanes = static_cast<int>(std::min<index_t>(W, (len - g + d - 1) / d - u0));
-        strips_of_line.push_back(s);
+        if (u0 == 0 || bands_of_line.back().size() == band_strips) bands_of_line.emplace_back();
+        bands_of_line.back().push_back(s);
       }
     index_t outer_lines = 1;  // lines of the axes before the pair axis
     for (int a = 0; a < pair_axis; ++a) outer_lines *= p.shape[a];
     for (index_t h = 0; h < pb.group; ++h)
       for (index_t line = 0; line < outer_lines; ++line)
-        for (const strip& column : strips_of_line) {
-          strip s = column;
-          index_t rest = line;
-          for (int a = pair_axis - 1; a >= 0; --a) s.x[a] = rest % p.shape[a], rest /= p.shape[a];
-          const index_t first = static_cast<index_t>(tasks.size());
+        for (const std::vector<strip>& strips_of_band : bands_of_line) {
+          const strip& right = strips_of_band.back();
+          const index_t start = window(last, strips_of_band.front().x[last]).start;
+          band item{static_cast<index_t>(tasks.size()), 0, start,
+                    window(last, right.x[last] + d * (right.lanes - 1)).end - start};
           const auto add = [&](index_t ya, index_t yb) {
-            task t{h, s, s};
-            if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
-            if (yb < 0) t.b.lanes = 0;
-            tasks.push_back(t);
+            for (strip s : strips_of_band) {
+              index_t rest = line;
+              for (int a = pair_axis - 1; a >= 0; --a) s.x[a] = rest % p.shape[a], rest /= p.shape[a];
+              task t{h, s, s};
+              if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
+              if (yb < 0) t.b.lanes = 0;
+              tasks.push_back(t);
+            }
           };
           if constexpr (Rank == 1) {
             add(0, -1);
@@ -302,8 +345,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             for (index_t gy = 0; gy < dy; ++gy)
               for (index_t y = gy; y < ly; y += 2 * dy) add(y, y + dy < ly ? y + dy : -1);
           }
-          for (index_t t = first; t < static_cast<index_t>(tasks.size()); t += column_run)
-            items.emplace_back(t, std::min<index_t>(t + column_run, static_cast<index_t>(tasks.size())));
+          item.last = static_cast<index_t>(tasks.size());
+          items.push_back(item);
         }
   }
 
@@ -313,173 +356,206 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   const int offsets = static_cast<int>(p.kernel[last]);
   const std::size_t score_floats = static_cast<std::size_t>(max_lines * offsets * W);
 
-  // Kept between calls, like the arenas (no page faults). Named through references: a
-  // thread_local named inside the workers' lambda would be each worker's own.
-  static thread_local transposed kt_of_caller, vt_of_caller;
-  transposed &kt = kt_of_caller, &vt = vt_of_caller;
-  for (index_t b = 0; b < pb.batch; ++b)
-    for (index_t hkv = 0; hkv < pb.kv_heads; ++hkv) {
-      transpose(p, k, b, hkv, o.threads, kt);
-      transpose(p, v, b, hkv, o.threads, vt);
-      parallel_for(static_cast<index_t>(items.size()), o.threads, [&](index_t item) {
-        const auto [first, last_task] = items[static_cast<std::size_t>(item)];
-        for (index_t n = first; n < last_task; ++n) {
-          const task& tk = tasks[static_cast<std::size_t>(n)];
-          const index_t hq = hkv * pb.group + tk.hq;
-          const bool two = tk.b.lanes > 0;
-          const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(pb.dv * W);
-          const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + qfl;
-          char* base = static_cast<char*>(thread_arena().reserve(
-              floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * sizeof(float*) + 2)));
-          float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
-                *sb = sa + score_floats;
-          float* qbuf = sb + score_floats;  // 16 rows of q converted to float (non-float q)
-          const float** krows = reinterpret_cast<const float**>(qbuf + qfl);
-          const float** vrows = krows + max_lines;
-          std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(vrows + max_lines);
-          std::uint8_t* uses_b = uses_a + max_lines;
-
-          // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
-          alignas(64) std::int32_t idx[W];
-          alignas(64) std::int32_t count[W];
-          index_t token_a[W], token_b[W];
-          const index_t g = tk.a.x[last] % p.dilation[last];
-          index_t start0 = 0;
-          bool contiguous = true;
-          for (int r = 0; r < W; ++r) {
-            const int lane = std::min(r, tk.a.lanes - 1);
-            std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
-            xa[last] += p.dilation[last] * lane, xb[last] = xa[last];
-            const axis_window w = window(last, xa[last]);
-            if (r == 0) start0 = w.start;
-            idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
-            count[r] = static_cast<std::int32_t>(w.end - w.start);
-            contiguous = contiguous && idx[r] == r;
-            token_a[r] = flatten(xa);
-            token_b[r] = two ? flatten(xb) : 0;
-          }
-          const auto pack = [&](const strip& st, float* dst) {
-            index_t row_stride;
-            const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, qbuf, row_stride);
-            transpose_rows(rows, row_stride, st.lanes, pb.d, pb.scale2, dst, W);
-          };
-          pack(tk.a, qa);
-          if (two) pack(tk.b, qb);
-          const __m512i perm = _mm512_load_si512(idx);
-
-          // Key lines: the union box of both strips' windows on the axes before the last.
-          std::array<axis_window, 3> wa{}, wb{};
-          for (int a = 0; a < last; ++a) wa[a] = window(a, tk.a.x[a]), wb[a] = two ? window(a, tk.b.x[a]) : wa[a];
-          int lines = 0;
-          std::array<index_t, 3> vline{};
-          for (int a = 0; a < last; ++a) vline[a] = std::min(wa[a].start, wb[a].start);
-          while (true) {
-            std::array<index_t, 3> y{};
-            bool in_a = true, in_b = two;
-            for (int a = 0; a < last; ++a) {
-              y[a] = wa[a].group + p.dilation[a] * vline[a];
-              in_a = in_a && wa[a].start <= vline[a] && vline[a] < wa[a].end;
-              in_b = in_b && wb[a].start <= vline[a] && vline[a] < wb[a].end;
-            }
-            index_t key_line = 0;
-            for (int a = 0; a < last; ++a) key_line = key_line * p.shape[a] + y[a];
-            krows[lines] = kt.row(key_line, g, 0) + start0;
-            vrows[lines] = vt.row(key_line, g, 0) + start0;
-            uses_a[lines] = in_a, uses_b[lines] = in_b;
-            ++lines;
-            int a = last - 1;
-            while (a >= 0 && vline[a] + 1 == std::max(wa[a].end, wb[a].end)) vline[a] = std::min(wa[a].start, wb[a].start), --a;
-            if (a < 0) break;
-            ++vline[a];
-          }
-
-          // Scores, line by line (a line only one strip uses costs only that strip).
-          const auto qk = [&](auto permute) {
-            constexpr bool P = decltype(permute)::value;
-            for (int li = 0; li < lines; ++li) {
-              float* la = sa + static_cast<std::size_t>(li * offsets * W);
-              float* lb = sb + static_cast<std::size_t>(li * offsets * W);
-              for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
-                const int ob = std::min(max_offset_block, offsets - o0);
-                simd::with_count<max_offset_block>(ob, [&](auto m) {
-                  constexpr int M = decltype(m)::value;
-                  if (uses_a[li] && uses_b[li])
-                    qk_line<M, true, P>(qa, qb, krows[li], kt.padded, pb.d, perm, o0, la, lb);
-                  else if (uses_a[li])
-                    qk_line<M, false, P>(qa, qb, krows[li], kt.padded, pb.d, perm, o0, la, lb);
-                  else
-                    qk_line<M, false, P>(qb, qa, krows[li], kt.padded, pb.d, perm, o0, lb, la);
-                });
-              }
-            }
-          };
-          if (contiguous)
-            qk(std::false_type{});
-          else
-            qk(std::true_type{});
-
-          // Exact softmax per strip over its lines; p = 0 on lines and offsets it does not keep.
-          const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(count)));
-          const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
-            mx = V(neg_inf);
-            for (int li = 0; li < lines; ++li) {
-              if (!uses[li]) continue;
-              for (int oo = 0; oo < offsets; ++oo) {
-                float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
-                V x = V::load_aligned(so);
-                x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
-                x.store_aligned(so);
-                mx = xsimd::max(mx, x);
-              }
-            }
-            sum = V(0.f);
-            for (int li = 0; li < lines; ++li)
-              for (int oo = 0; oo < offsets; ++oo) {
-                float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
-                const V e = uses[li] ? simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx) : V(0.f);
-                e.store_aligned(so);
-                sum += e;
-              }
-          };
-          V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
-          softmax(sa, uses_a, mx_a, sum_a);
-          if (two)
-            softmax(sb, uses_b, mx_b, sum_b);
-          else
-            std::fill(sb, sb + static_cast<std::size_t>(lines * offsets * W), 0.f);
-
-          // P.V over all lines of the pair.
-          const auto pv = [&](auto permute) {
-            constexpr bool P = decltype(permute)::value;
-            for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
-              const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
-              simd::with_count<channel_block>(cb, [&](auto m) {
-                pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, vt.padded, perm, c0, oa, ob);
-              });
-            }
-          };
-          if (contiguous)
-            pv(std::false_type{});
-          else
-            pv(std::true_type{});
-
-          // Normalise and write each valid lane.
-          const auto write = [&](const float* ot, const index_t* tokens, V mx, V sum) {
-            alignas(64) float m[W], l[W];
-            mx.store_aligned(m), sum.store_aligned(l);
-            for (int r = 0; r < tk.a.lanes; ++r) {
-              const float inv = 1.f / l[r];
-              O* row = out.row(b, hq, tokens[r]);
-              const index_t os = out.stride(dim_axis);
-              for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r] * inv);
-              if (o.lse) o.lse[(b * pb.q_heads + hq) * pb.nq + tokens[r]] = (m[r] + std::log2(l[r])) * ln2;
-            }
-          };
-          write(oa, token_a, mx_a, sum_a);
-          if (two) write(ob, token_b, mx_b, sum_b);
-        }
-      });
+  // Key lines of a task: the union box of both strips' windows on the axes before the last;
+  // which strip uses each line goes to uses_a / uses_b.
+  const auto lines_of = [&](const task& tk, index_t* key_lines, std::uint8_t* uses_a, std::uint8_t* uses_b) {
+    const bool two = tk.b.lanes > 0;
+    std::array<axis_window, 3> wa{}, wb{};
+    for (int a = 0; a < last; ++a) wa[a] = window(a, tk.a.x[a]), wb[a] = two ? window(a, tk.b.x[a]) : wa[a];
+    int lines = 0;
+    std::array<index_t, 3> vline{};
+    for (int a = 0; a < last; ++a) vline[a] = std::min(wa[a].start, wb[a].start);
+    while (true) {
+      std::array<index_t, 3> y{};
+      bool in_a = true, in_b = two;
+      for (int a = 0; a < last; ++a) {
+        y[a] = wa[a].group + p.dilation[a] * vline[a];
+        in_a = in_a && wa[a].start <= vline[a] && vline[a] < wa[a].end;
+        in_b = in_b && wb[a].start <= vline[a] && vline[a] < wb[a].end;
+      }
+      index_t key_line = 0;
+      for (int a = 0; a < last; ++a) key_line = key_line * p.shape[a] + y[a];
+      key_lines[lines] = key_line;
+      uses_a[lines] = in_a, uses_b[lines] = in_b;
+      ++lines;
+      int a = last - 1;
+      while (a >= 0 && vline[a] + 1 == std::max(wa[a].end, wb[a].end)) vline[a] = std::min(wa[a].start, wb[a].start), --a;
+      if (a < 0) break;
+      ++vline[a];
     }
+    return lines;
+  };
+
+  // Segments reach every position a lane may read: offset + 31 past its strip's start.
+  index_t segment = 0;
+  for (const band& it : items) segment = std::max(segment, (it.span + 31 + 15) / 16 * 16);
+  const index_t n_items = static_cast<index_t>(items.size());
+  parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
+    const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
+    const band& item = items[static_cast<std::size_t>(work % n_items)];
+    // Kept between calls, like the arenas (no page faults).
+    static thread_local line_cache kc, vc;
+    kc.reset(max_lines, pb.d, segment);
+    vc.reset(max_lines, pb.dv, segment);
+    for (index_t n = item.first; n < item.last; ++n) {
+      const task& tk = tasks[static_cast<std::size_t>(n)];
+      const index_t hq = hkv * pb.group + tk.hq;
+      const bool two = tk.b.lanes > 0;
+      const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(pb.dv * W);
+      const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
+      const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
+      char* base = static_cast<char*>(thread_arena().reserve(
+          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (3 * sizeof(float*) + 2)));
+      float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
+            *sb = sa + score_floats;
+      float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
+      const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
+      const float** vrows = krows + max_lines;
+      index_t* key_lines = reinterpret_cast<index_t*>(vrows + max_lines);
+      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(key_lines + max_lines);
+      std::uint8_t* uses_b = uses_a + max_lines;
+
+      // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
+      alignas(64) std::int32_t idx[W];
+      alignas(64) std::int32_t count[W];
+      index_t token_a[W], token_b[W];
+      const index_t g = tk.a.x[last] % p.dilation[last];
+      index_t start0 = 0;
+      bool contiguous = true;
+      for (int r = 0; r < W; ++r) {
+        const int lane = std::min(r, tk.a.lanes - 1);
+        std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
+        xa[last] += p.dilation[last] * lane, xb[last] = xa[last];
+        const axis_window w = window(last, xa[last]);
+        if (r == 0) start0 = w.start;
+        idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
+        count[r] = static_cast<std::int32_t>(w.end - w.start);
+        contiguous = contiguous && idx[r] == r;
+        token_a[r] = flatten(xa);
+        token_b[r] = two ? flatten(xb) : 0;
+      }
+      const auto pack = [&](const strip& st, float* dst) {
+        index_t row_stride;
+        const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, rowbuf, row_stride);
+        transpose_rows(rows, row_stride, st.lanes, pb.d, pb.scale2, dst, W);
+      };
+      pack(tk.a, qa);
+      if (two) pack(tk.b, qb);
+      const __m512i perm = _mm512_load_si512(idx);
+
+      const int lines = lines_of(tk, key_lines, uses_a, uses_b);
+      kc.lookup(key_lines, lines, n, krows, [&](index_t line, float* dst) {
+        fill_segment(p, k, b, hkv, line, g, item.start, item.span, segment, rowbuf, dst);
+      });
+      vc.lookup(key_lines, lines, n, vrows, [&](index_t line, float* dst) {
+        fill_segment(p, v, b, hkv, line, g, item.start, item.span, segment, rowbuf, dst);
+      });
+      for (int li = 0; li < lines; ++li) krows[li] += start0 - item.start, vrows[li] += start0 - item.start;
+
+      // Scores, line by line (a line only one strip uses costs only that strip).
+      const auto qk = [&](auto permute) {
+        constexpr bool P = decltype(permute)::value;
+        for (int li = 0; li < lines; ++li) {
+          float* la = sa + static_cast<std::size_t>(li * offsets * W);
+          float* lb = sb + static_cast<std::size_t>(li * offsets * W);
+          for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
+            const int ob = std::min(max_offset_block, offsets - o0);
+            simd::with_count<max_offset_block>(ob, [&](auto m) {
+              constexpr int M = decltype(m)::value;
+              if (uses_a[li] && uses_b[li])
+                qk_line<M, true, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb);
+              else if (uses_a[li])
+                qk_line<M, false, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb);
+              else
+                qk_line<M, false, P>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la);
+            });
+          }
+        }
+      };
+      if (contiguous)
+        qk(std::false_type{});
+      else
+        qk(std::true_type{});
+
+      // Exact softmax per strip over its lines; p = 0 on lines and offsets it does not keep.
+      const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(count)));
+      const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
+        mx = V(neg_inf);
+        for (int li = 0; li < lines; ++li) {
+          if (!uses[li]) continue;
+          for (int oo = 0; oo < offsets; ++oo) {
+            float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
+            V x = V::load_aligned(so);
+            x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
+            x.store_aligned(so);
+            mx = xsimd::max(mx, x);
+          }
+        }
+        sum = V(0.f);
+        for (int li = 0; li < lines; ++li)
+          for (int oo = 0; oo < offsets; ++oo) {
+            float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
+            const V e = uses[li] ? simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx) : V(0.f);
+            e.store_aligned(so);
+            sum += e;
+          }
+      };
+      V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
+      softmax(sa, uses_a, mx_a, sum_a);
+      if (two)
+        softmax(sb, uses_b, mx_b, sum_b);
+      else
+        std::fill(sb, sb + static_cast<std::size_t>(lines * offsets * W), 0.f);
+
+      // P.V over all lines of the pair.
+      const auto pv = [&](auto permute) {
+        constexpr bool P = decltype(permute)::value;
+        for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
+          const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
+          simd::with_count<channel_block>(cb, [&](auto m) {
+            pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, segment, perm, c0, oa, ob);
+          });
+        }
+      };
+      if (contiguous)
+        pv(std::false_type{});
+      else
+        pv(std::true_type{});
+
+      // Normalise and write each valid lane.
+      const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
+        alignas(64) float m[W], l[W];
+        mx.store_aligned(m), sum.store_aligned(l);
+        const V inv = V(1.f) / sum;  // lanes past the strip may divide by zero: never written
+        for (index_t c = 0; c < pb.dv; ++c) (V::load_aligned(ot + c * W) * inv).store_aligned(ot + c * W);
+        const index_t os = out.stride(dim_axis);
+        bool written = false;
+        if constexpr (std::is_same_v<O, float>) {
+          if (os == 1) {  // rows of 16 channels, transposed back in registers
+            for (index_t c0 = 0; c0 < pb.dv; c0 += W) {
+              const int width = static_cast<int>(std::min<index_t>(W, pb.dv - c0));
+              const __mmask16 valid = static_cast<__mmask16>((1u << width) - 1);
+              __m512 t[W];
+              for (int i = 0; i < W; ++i) t[i] = i < width ? _mm512_load_ps(ot + (c0 + i) * W) : _mm512_setzero_ps();
+              transpose16(t);
+              for (int r = 0; r < tk.a.lanes; ++r) _mm512_mask_storeu_ps(out.row(b, hq, tokens[r]) + c0, valid, t[r]);
+            }
+            written = true;
+          }
+        }
+        if (!written)
+          for (int r = 0; r < tk.a.lanes; ++r) {
+            O* row = out.row(b, hq, tokens[r]);
+            for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r]);
+          }
+        if (o.lse)
+          for (int r = 0; r < tk.a.lanes; ++r)
+            o.lse[(b * pb.q_heads + hq) * pb.nq + tokens[r]] = (m[r] + std::log2(l[r])) * ln2;
+      };
+      write(oa, token_a, mx_a, sum_a);
+      if (two) write(ob, token_b, mx_b, sum_b);
+    }
+  });
 }
 
 }  // namespace attnkit::detail::flash::strips
