@@ -150,7 +150,8 @@ inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_R
   constexpr int W = static_cast<int>(V::size);
   static_assert(W % R == 0, "rows must divide the vector width");
   constexpr int KB = W / R;           // keys per reduction
-  constexpr int A = R <= 4 ? 2 : 1;   // accumulators per row: more chains in flight when few
+  // Accumulators per row: two chains in flight when rows are few and registers allow.
+  constexpr int A = R <= 4 && registers<Arch> == 32 ? 2 : 1;
   const index_t body = depth / W * W;
   for (int j = 0; j < nkeys; j += KB) {
     const int kb_count = std::min(KB, nkeys - j);
@@ -221,7 +222,8 @@ inline void pv_rows_tile(const float* ATTNKIT_RESTRICT p, int nkeys, const float
                          index_t width, float* ATTNKIT_RESTRICT o) {
   static_assert(R % 2 == 0, "rows go in pairs");
   constexpr index_t W = static_cast<index_t>(vec<Arch>::size);
-  constexpr int C = 8, block = 16;  // 2 x 8 accumulators; 16 rows of up to 512 floats fit L1
+  constexpr int C = registers<Arch> == 32 ? 8 : 4;  // 2 x C accumulators
+  constexpr int block = 16;                         // 16 rows of up to 512 floats fit L1
   for (int j0 = 0; j0 < nkeys; j0 += block) {
     const int n = std::min(block, nkeys - j0);
     const float* pj = p + j0 * R;
