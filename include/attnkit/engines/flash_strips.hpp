@@ -25,6 +25,8 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../core/arena.hpp"
@@ -42,7 +44,8 @@ namespace attnkit::detail::flash::strips {
 
 inline constexpr int W = 16;                  // lanes: queries of one strip
 inline constexpr int max_offset_block = 13;   // window offsets per QK pass (2 x 13 accumulators)
-inline constexpr int channel_block = 12;      // output channels per PV pass (2 x 12 accumulators)
+inline constexpr int max_permuted_offset_block = 7;  // the same with 7 index vectors (permuted lanes)
+inline constexpr int channel_block = 6;       // output channels per PV pass (2 x 6 accumulators, 6 row windows)
 inline constexpr int tile_rows_of_many_rows = 48;  // the block-sparse path's tiles (flash.hpp many_rows)
 using V = xsimd::batch<float, xsimd::avx512f>;
 
@@ -173,6 +176,40 @@ class line_cache {
   std::vector<index_t> line_, used_;
 };
 
+/// Cache lines a task will need soon (its output rows, the next task's queries, the rows of
+/// key lines a later task will transpose), requested a few at a time from the inner loops of
+/// the current task: DRAM latency then overlaps its arithmetic, and the requests never come
+/// in bursts that fill the load queue.
+class prefetch_queue {
+ public:
+  void reset(std::size_t capacity) { lines_.resize(capacity); }
+  void clear() { size_ = next_ = 0; }
+
+  /// The cache lines of `bytes` bytes from p (for writing when `write`).
+  void add(const void* p, std::size_t bytes, bool write) {
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(63);
+    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
+    for (std::uintptr_t line = first; line < end && size_ < lines_.size(); line += 64) lines_[size_++] = line | write;
+  }
+
+  /// Spread what is queued over `drips` calls of drip().
+  void pace(std::size_t drips) { per_drip_ = (size_ - next_ + drips - 1) / std::max<std::size_t>(drips, 1); }
+
+  ATTNKIT_ALWAYS_INLINE void drip() {
+    for (const std::size_t end = std::min(next_ + per_drip_, size_); next_ < end; ++next_) {
+      const std::uintptr_t line = lines_[next_];
+      if (line & 1)
+        __builtin_prefetch(reinterpret_cast<const void*>(line & ~std::uintptr_t(1)), 1, 3);
+      else
+        __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+    }
+  }
+
+ private:
+  std::vector<std::uintptr_t> lines_;
+  std::size_t size_ = 0, next_ = 0, per_drip_ = 0;
+};
+
 /// Writes positions [start, start + span) of dilation group g of key line `line` of t[b, h]
 /// into dst transposed (row stride width >= span per channel), zeros past them and past the
 /// group's end.
@@ -182,33 +219,55 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
   const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], group_len = (len - g + d - 1) / d;
   const index_t valid = std::clamp<index_t>(group_len - start, 0, span);
   for (index_t u = 0; u < valid; u += W) {
-    // Rows copied whole, one after another, before the transpose reads them across: the
-    // hardware prefetchers follow the sequential reads, not the transpose's interleaved ones.
+    // The rows were prefetched by earlier tasks (prefetch_queue): read across, in place.
     const int n = static_cast<int>(std::min<index_t>(W, valid - u));
-    for (int i = 0; i < n; ++i)
-      simd::to_float_row(t.row(b, h, line * len + g + d * (start + u + i)), t.stride(dim_axis), t.dim(), buf + i * t.dim());
-    transpose_rows(buf, t.dim(), n, t.dim(), 1.f, dst + u, width);
+    index_t row_stride;
+    const float* rows = rows_as_float(t, b, h, line * len + g + d * (start + u), d, n, buf, row_stride);
+    transpose_rows(rows, row_stride, n, t.dim(), 1.f, dst + u, width);
   }
   for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + valid, dst + (c + 1) * width, 0.f);
 }
 
-/// The 16 keys of window offset o for every lane: position base + o + idx[r] of a transposed row.
-template <bool Permute>
-ATTNKIT_ALWAYS_INLINE __m512 lane_keys(const float* row, int o, __m512i idx) {
-  if constexpr (Permute)
-    return _mm512_permutex2var_ps(_mm512_loadu_ps(row + o), idx, _mm512_loadu_ps(row + o + W));
-  else
-    return _mm512_loadu_ps(row + o);
+/// Calls f(std::integral_constant<int, i>) for i = 0, 1, ..., N - 1.
+template <class F, int... I>
+ATTNKIT_ALWAYS_INLINE void static_for(F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
 }
+template <int N, class F>
+ATTNKIT_ALWAYS_INLINE void static_for(F&& f) {
+  static_for(f, std::make_integer_sequence<int, N>{});
+}
+
+/// Positions [at, at + 32) of one transposed row, from which the keys of 16 consecutive window
+/// offsets are derived in registers: lane r reads position r + O (contiguous lanes: a lane
+/// shift, valignd) or idx[r] + O (border, causal and strided strips: a permute, for
+/// idx[r] + O < 32). Two loads serve all the offsets, where one unaligned load per offset,
+/// nearly always across two cache lines, held the FMAs to about half their rate.
+template <bool Permute>
+struct row_window {
+  __m512 lo, hi;
+  row_window() = default;
+  explicit ATTNKIT_ALWAYS_INLINE row_window(const float* at) : lo(_mm512_loadu_ps(at)), hi(_mm512_loadu_ps(at + W)) {}
+
+  /// The keys of offset O; idx_o = idx + O (Permute only).
+  template <int O>
+  ATTNKIT_ALWAYS_INLINE __m512 keys([[maybe_unused]] __m512i idx_o) const {
+    if constexpr (Permute)
+      return _mm512_permutex2var_ps(lo, idx_o, hi);
+    else if constexpr (O == 0)
+      return lo;
+    else
+      return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), O));
+  }
+};
 
 /// The rows are read in channel order at a large stride, which the hardware prefetchers
 /// follow too late: ask for the positions of a row `prefetch_distance` channels ahead (past
 /// the end of a line, the hint lands on the next line's rows or the padding: harmless).
 inline constexpr index_t prefetch_distance = 12;
-ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row, int offsets) {
+ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row) {
   _mm_prefetch(reinterpret_cast<const char*>(row), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(row + offsets + W - 1), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + 2 * W - 1), _MM_HINT_T0);
 }
 
 /// Scores of one key line for window offsets [o0, o0 + OB): s[o][lane] = sum_c q[c][lane] *
@@ -217,21 +276,25 @@ template <int OB, bool Two, bool Permute>
 ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float* krow, index_t padded, index_t depth,
                                    __m512i idx, int o0, float* sa, float* sb) {
   __m512 acc_a[OB], acc_b[Two ? OB : 1];
+  __m512i idx_o[Permute ? OB : 1];
   for (int o = 0; o < OB; ++o) {
     acc_a[o] = _mm512_setzero_ps();
     if constexpr (Two) acc_b[o] = _mm512_setzero_ps();
+    if constexpr (Permute) idx_o[o] = _mm512_add_epi32(idx, _mm512_set1_epi32(o));
   }
   for (index_t c = 0; c < depth; ++c) {
     const float* kr = krow + c * padded + o0;
-    prefetch_rows_ahead(kr + prefetch_distance * padded, OB);
+    prefetch_rows_ahead(kr + prefetch_distance * padded);
     const __m512 q_a = simd::in_register(V(_mm512_load_ps(qa + c * W))).data;
     [[maybe_unused]] __m512 q_b = q_a;
     if constexpr (Two) q_b = simd::in_register(V(_mm512_load_ps(qb + c * W))).data;
-    for (int o = 0; o < OB; ++o) {
-      const __m512 k = simd::in_register(V(lane_keys<Permute>(kr, o, idx))).data;  // one load, two FMAs
-      acc_a[o] = _mm512_fmadd_ps(q_a, k, acc_a[o]);
-      if constexpr (Two) acc_b[o] = _mm512_fmadd_ps(q_b, k, acc_b[o]);
-    }
+    const row_window<Permute> window(kr);
+    static_for<OB>([&](auto o) ATTNKIT_INLINE_LAMBDA {
+      constexpr int O = decltype(o)::value;
+      const __m512 k = window.template keys<O>(idx_o[Permute ? O : 0]);  // two FMAs per key vector
+      acc_a[O] = _mm512_fmadd_ps(q_a, k, acc_a[O]);
+      if constexpr (Two) acc_b[O] = _mm512_fmadd_ps(q_b, k, acc_b[O]);
+    });
   }
   for (int o = 0; o < OB; ++o) {
     _mm512_store_ps(sa + (o0 + o) * W, acc_a[o]);
@@ -240,31 +303,53 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
 }
 
 /// Output channels [c0, c0 + CB) of both strips over every key line of the pair: o[c][lane] +=
-/// p[line][o][lane] * value(line, o)[c][lane]. A line one strip does not use has p = 0 there.
+/// p[line][o][lane] * value(line, o)[c][lane], offsets in blocks of `block` <= 16 (one
+/// row_window per channel and block). A line one strip does not use has p = 0 there.
 template <int CB, bool Permute>
 ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows, int lines, int offsets,
-                                    index_t padded, __m512i idx, index_t c0, float* oa, float* ob) {
+                                    int block, index_t padded, __m512i idx, index_t c0, float* oa, float* ob,
+                                    prefetch_queue& ahead) {
   __m512 acc_a[CB], acc_b[CB];
   for (int c = 0; c < CB; ++c) acc_a[c] = _mm512_setzero_ps(), acc_b[c] = _mm512_setzero_ps();
   for (int li = 0; li < lines; ++li) {
     const float* vr = vrows[li] + c0 * padded;
+    ahead.drip();
     if (li + 1 < lines)  // the next line's rows arrive while this line is multiplied
-      for (int c = 0; c < CB; ++c) prefetch_rows_ahead(vrows[li + 1] + (c0 + c) * padded, offsets);
-    for (int o = 0; o < offsets; ++o) {
-      const std::size_t at = static_cast<std::size_t>(li * offsets + o) * W;
-      const __m512 p_a = simd::in_register(V(_mm512_load_ps(pa + at))).data;
-      const __m512 p_b = simd::in_register(V(_mm512_load_ps(pb + at))).data;
-      for (int c = 0; c < CB; ++c) {
-        const __m512 v = simd::in_register(V(lane_keys<Permute>(vr + c * padded, o, idx))).data;
-        acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
-        acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
-      }
+      for (int c = 0; c < CB; ++c) prefetch_rows_ahead(vrows[li + 1] + (c0 + c) * padded);
+    for (int o0 = 0; o0 < offsets; o0 += block) {
+      const int n = std::min(block, offsets - o0);
+      const float* la = pa + static_cast<std::size_t>(li * offsets + o0) * W;
+      const float* lb = pb + static_cast<std::size_t>(li * offsets + o0) * W;
+      row_window<Permute> window[CB];
+      for (int c = 0; c < CB; ++c) window[c] = row_window<Permute>(vr + c * padded + o0);
+      static_for<W>([&](auto o) ATTNKIT_INLINE_LAMBDA {
+        constexpr int O = decltype(o)::value;
+        if (O >= n) return;
+        [[maybe_unused]] __m512i idx_o = idx;
+        if constexpr (Permute) idx_o = _mm512_add_epi32(idx, _mm512_set1_epi32(O));
+        const __m512 p_a = simd::in_register(V(_mm512_load_ps(la + O * W))).data;
+        const __m512 p_b = simd::in_register(V(_mm512_load_ps(lb + O * W))).data;
+        for (int c = 0; c < CB; ++c) {
+          const __m512 v = window[c].template keys<O>(idx_o);
+          acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
+          acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
+        }
+      });
     }
   }
   for (int c = 0; c < CB; ++c) {
     _mm512_store_ps(oa + (c0 + c) * W, acc_a[c]);
     _mm512_store_ps(ob + (c0 + c) * W, acc_b[c]);
   }
+}
+
+/// Queues rows tokens[0, n) of head (b, h) of t, when their channels are contiguous.
+template <class T>
+void queue_rows(prefetch_queue& queue, const tensor_view<T>& t, index_t b, index_t h, const index_t* tokens, int n,
+                bool write) {
+  if (t.stride(dim_axis) != 1) return;
+  for (int i = 0; i < n; ++i)
+    queue.add(t.row(b, h, tokens[i]), static_cast<std::size_t>(t.dim()) * sizeof(T), write);
 }
 
 /// One strip: 16 queries of one head on one line, consecutive in-group positions along the
@@ -305,6 +390,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   struct band {
     index_t first, last;  // its tasks
     index_t start, span;  // in-group positions [start, start + span) its windows reach
+    index_t strips;       // strips across: task n + strips is task n's strip on the next lines
   };
   std::vector<task> tasks;
   std::vector<band> items;
@@ -327,7 +413,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           const strip& right = strips_of_band.back();
           const index_t start = window(last, strips_of_band.front().x[last]).start;
           band item{static_cast<index_t>(tasks.size()), 0, start,
-                    window(last, right.x[last] + d * (right.lanes - 1)).end - start};
+                    window(last, right.x[last] + d * (right.lanes - 1)).end - start,
+                    static_cast<index_t>(strips_of_band.size())};
           const auto add = [&](index_t ya, index_t yb) {
             for (strip s : strips_of_band) {
               index_t rest = line;
@@ -390,13 +477,21 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.span + 31 + 15) / 16 * 16);
   const index_t n_items = static_cast<index_t>(items.size());
+  // Rows a task queues: its outputs, the next task's queries, its share of later K/V lines.
+  const auto cache_lines = [](index_t bytes) { return static_cast<std::size_t>((bytes + 63) / 64 + 1); };
+  const std::size_t queue_capacity =
+      2 * W * (cache_lines(pb.dv * index_t(sizeof(O))) + cache_lines(pb.d * index_t(sizeof(Q)))) +
+      static_cast<std::size_t>(max_lines * segment) *
+          (cache_lines(pb.d * index_t(sizeof(K))) + cache_lines(pb.dv * index_t(sizeof(Vt))));
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
     const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
     const band& item = items[static_cast<std::size_t>(work % n_items)];
     // Kept between calls, like the arenas (no page faults).
     static thread_local line_cache kc, vc;
+    static thread_local prefetch_queue ahead;
     kc.reset(max_lines, pb.d, segment);
     vc.reset(max_lines, pb.dv, segment);
+    ahead.reset(queue_capacity);
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
       const index_t hq = hkv * pb.group + tk.hq;
@@ -405,7 +500,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
       const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
       char* base = static_cast<char*>(thread_arena().reserve(
-          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (3 * sizeof(float*) + 2)));
+          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * (2 * sizeof(float*) + 2))));
       float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
             *sb = sa + score_floats;
       float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
@@ -414,6 +509,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       index_t* key_lines = reinterpret_cast<index_t*>(vrows + max_lines);
       std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(key_lines + max_lines);
       std::uint8_t* uses_b = uses_a + max_lines;
+      index_t* later_lines = reinterpret_cast<index_t*>(uses_b + max_lines);  // of a later task
+      std::uint8_t* later_uses = reinterpret_cast<std::uint8_t*>(later_lines + max_lines);
 
       // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
       alignas(64) std::int32_t idx[W];
@@ -422,6 +519,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const index_t g = tk.a.x[last] % p.dilation[last];
       index_t start0 = 0;
       bool contiguous = true;
+      std::int32_t reach = 0;  // the largest idx: a permute reaches offsets up to 31 - reach
       for (int r = 0; r < W; ++r) {
         const int lane = std::min(r, tk.a.lanes - 1);
         std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
@@ -431,9 +529,14 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
         count[r] = static_cast<std::int32_t>(w.end - w.start);
         contiguous = contiguous && idx[r] == r;
+        reach = std::max(reach, idx[r]);
         token_a[r] = flatten(xa);
         token_b[r] = two ? flatten(xb) : 0;
       }
+      // Offsets per pass: a permute of lanes reaching `reach` positions past lane 0 can only
+      // shift by 31 - reach within one row window.
+      const int qk_block = contiguous ? max_offset_block : std::min(max_permuted_offset_block, 2 * W - reach);
+      const int pv_offset_block = contiguous ? W : std::min(W, 2 * W - reach);
       const auto pack = [&](const strip& st, float* dst) {
         index_t row_stride;
         const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, rowbuf, row_stride);
@@ -452,15 +555,49 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       });
       for (int li = 0; li < lines; ++li) krows[li] += start0 - item.start, vrows[li] += start0 - item.start;
 
+      // While this task computes: its output rows, the next task's queries, and this task's
+      // share (one strip's worth of positions) of the key lines its strip on the next lines
+      // adds to the sweep.
+      ahead.clear();
+      queue_rows(ahead, out, b, hq, token_a, tk.a.lanes, true);
+      if (two) queue_rows(ahead, out, b, hq, token_b, tk.b.lanes, true);
+      if (n + 1 < item.last) {
+        const task& next = tasks[static_cast<std::size_t>(n + 1)];
+        for (const strip* st : {&next.a, &next.b})
+          for (int r = 0; r < st->lanes; ++r) {
+            const index_t token = flatten(st->x) + p.dilation[last] * r;
+            queue_rows(ahead, q, b, hkv * pb.group + next.hq, &token, 1, false);
+          }
+      }
+      if (n + item.strips < item.last) {
+        const index_t share = (item.span + item.strips - 1) / item.strips, j = (n - item.first) % item.strips;
+        const index_t len = p.shape[last], d = p.dilation[last], group_len = (len - g + d - 1) / d;
+        const index_t from = item.start + j * share, to = std::min({from + share, item.start + item.span, group_len});
+        const int later = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
+                                   later_uses + max_lines);
+        for (int li = 0; li < later; ++li) {
+          if (std::find(key_lines, key_lines + lines, later_lines[li]) != key_lines + lines) continue;
+          for (index_t x = from; x < to; ++x) {
+            const index_t token = later_lines[li] * len + g + d * x;
+            queue_rows(ahead, k, b, hkv, &token, 1, false);
+            queue_rows(ahead, v, b, hkv, &token, 1, false);
+          }
+        }
+      }
+      ahead.pace(static_cast<std::size_t>(lines) * static_cast<std::size_t>((offsets + qk_block - 1) / qk_block +
+                                                                            (pb.dv + channel_block - 1) / channel_block));
+
       // Scores, line by line (a line only one strip uses costs only that strip).
       const auto qk = [&](auto permute) {
         constexpr bool P = decltype(permute)::value;
         for (int li = 0; li < lines; ++li) {
           float* la = sa + static_cast<std::size_t>(li * offsets * W);
           float* lb = sb + static_cast<std::size_t>(li * offsets * W);
-          for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
-            const int ob = std::min(max_offset_block, offsets - o0);
-            simd::with_count<max_offset_block>(ob, [&](auto m) {
+          constexpr int most = P ? max_permuted_offset_block : max_offset_block;
+          for (int o0 = 0; o0 < offsets; o0 += qk_block) {
+            const int ob = std::min(qk_block, offsets - o0);
+            ahead.drip();
+            simd::with_count<most>(ob, [&](auto m) {
               constexpr int M = decltype(m)::value;
               if (uses_a[li] && uses_b[li])
                 qk_line<M, true, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb);
@@ -513,7 +650,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
           const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
           simd::with_count<channel_block>(cb, [&](auto m) {
-            pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, segment, perm, c0, oa, ob);
+            pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, pv_offset_block, segment, perm, c0, oa, ob,
+                                            ahead);
           });
         }
       };
