@@ -177,37 +177,67 @@ class line_cache {
 };
 
 /// Cache lines a task will need soon (its output rows, the next task's queries, the rows of
-/// key lines a later task will transpose), requested a few at a time from the inner loops of
-/// the current task: DRAM latency then overlaps its arithmetic, and the requests never come
-/// in bursts that fill the load queue.
+/// key lines a later task will transpose), requested one at a time, evenly spread over the
+/// inner loops of the current task (which call drip() once per channel of q.k and per offset
+/// of p.v), so that DRAM latency overlaps its arithmetic: requests in bursts fill the miss
+/// buffers and stall the loop that issues them.
 class prefetch_queue {
  public:
-  void reset(std::size_t capacity) { lines_.resize(capacity); }
-  void clear() { size_ = next_ = 0; }
+  void reset(std::size_t ranges) { ranges_.resize(ranges), size_ = 0, lines_ = 0; }
+  void clear() { size_ = 0, lines_ = 0; }
 
-  /// The cache lines of `bytes` bytes from p (for writing when `write`).
-  void add(const void* p, std::size_t bytes, bool write) {
-    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(63);
-    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
-    for (std::uintptr_t line = first; line < end && size_ < lines_.size(); line += 64) lines_[size_++] = line | write;
+  /// Rows first, first + step, ... (n of them) of head (b, h) of t (for writing when `write`),
+  /// when their channels are contiguous.
+  template <class T>
+  void add_rows(const tensor_view<T>& t, index_t b, index_t h, index_t first, index_t step, index_t n, bool write) {
+    if (t.stride(dim_axis) != 1 || n <= 0) return;
+    const std::size_t row = static_cast<std::size_t>(t.dim()) * sizeof(T);
+    if (step * t.stride(seq_axis) == t.dim()) return add(t.row(b, h, first), static_cast<std::size_t>(n) * row, write);
+    for (index_t i = 0; i < n; ++i) add(t.row(b, h, first + i * step), row, write);
   }
 
-  /// Spread what is queued over `drips` calls of drip().
-  void pace(std::size_t drips) { per_drip_ = (size_ - next_ + drips - 1) / std::max<std::size_t>(drips, 1); }
+  /// Cache lines [first, end) (first | 1: for writing).
+  struct range {
+    std::uintptr_t first, end;
+  };
 
-  ATTNKIT_ALWAYS_INLINE void drip() {
-    for (const std::size_t end = std::min(next_ + per_drip_, size_); next_ < end; ++next_) {
-      const std::uintptr_t line = lines_[next_];
-      if (line & 1)
-        __builtin_prefetch(reinterpret_cast<const void*>(line & ~std::uintptr_t(1)), 1, 3);
+  /// Issues the queued lines, one every `every` calls.
+  struct cursor {
+    const range *next, *last;
+    std::uintptr_t at = 0, end = 0;
+    bool write = false;
+    std::size_t every, countdown;
+    ATTNKIT_ALWAYS_INLINE void drip() {
+      if (--countdown != 0) return;
+      countdown = every;
+      if (at == end) {
+        if (next == last) return;
+        at = next->first & ~std::uintptr_t(1), end = next->end, write = next->first & 1, ++next;
+      }
+      if (write)
+        __builtin_prefetch(reinterpret_cast<const void*>(at), 1, 3);
       else
-        __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+        __builtin_prefetch(reinterpret_cast<const void*>(at), 0, 3);
+      at += 64;
     }
+  };
+  /// A cursor spreading the queue over `drips` calls.
+  cursor start(std::size_t drips) const {
+    const std::size_t every = std::max<std::size_t>(1, drips / std::max<std::size_t>(lines_, 1));
+    return {ranges_.data(), ranges_.data() + size_, 0, 0, false, every, every};
   }
 
  private:
-  std::vector<std::uintptr_t> lines_;
-  std::size_t size_ = 0, next_ = 0, per_drip_ = 0;
+  void add(const void* p, std::size_t bytes, bool write) {
+    if (size_ == ranges_.size()) return;
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(63);
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + bytes + 63) & ~std::uintptr_t(63);
+    ranges_[size_++] = {first | write, end};
+    lines_ += (end - first) / 64;
+  }
+
+  std::vector<range> ranges_;
+  std::size_t size_ = 0, lines_ = 0;
 };
 
 /// Writes positions [start, start + span) of dilation group g of key line `line` of t[b, h]
@@ -274,7 +304,7 @@ ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row) {
 /// key(o)[c][lane], for strip a and, when Two, strip b (sharing each key vector).
 template <int OB, bool Two, bool Permute>
 ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float* krow, index_t padded, index_t depth,
-                                   __m512i idx, int o0, float* sa, float* sb) {
+                                   __m512i idx, int o0, float* sa, float* sb, prefetch_queue::cursor& ahead) {
   __m512 acc_a[OB], acc_b[Two ? OB : 1];
   __m512i idx_o[Permute ? OB : 1];
   for (int o = 0; o < OB; ++o) {
@@ -285,6 +315,7 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
   for (index_t c = 0; c < depth; ++c) {
     const float* kr = krow + c * padded + o0;
     prefetch_rows_ahead(kr + prefetch_distance * padded);
+    ahead.drip();
     const __m512 q_a = simd::in_register(V(_mm512_load_ps(qa + c * W))).data;
     [[maybe_unused]] __m512 q_b = q_a;
     if constexpr (Two) q_b = simd::in_register(V(_mm512_load_ps(qb + c * W))).data;
@@ -304,16 +335,16 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
 
 /// Output channels [c0, c0 + CB) of both strips over every key line of the pair: o[c][lane] +=
 /// p[line][o][lane] * value(line, o)[c][lane], offsets in blocks of `block` <= 16 (one
-/// row_window per channel and block). A line one strip does not use has p = 0 there.
+/// row_window per channel and block). A line only one strip uses costs only that strip.
 template <int CB, bool Permute>
-ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows, int lines, int offsets,
+ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows,
+                                    const std::uint8_t* uses_a, const std::uint8_t* uses_b, int lines, int offsets,
                                     int block, index_t padded, __m512i idx, index_t c0, float* oa, float* ob,
-                                    prefetch_queue& ahead) {
+                                    prefetch_queue::cursor& ahead) {
   __m512 acc_a[CB], acc_b[CB];
   for (int c = 0; c < CB; ++c) acc_a[c] = _mm512_setzero_ps(), acc_b[c] = _mm512_setzero_ps();
   for (int li = 0; li < lines; ++li) {
     const float* vr = vrows[li] + c0 * padded;
-    ahead.drip();
     if (li + 1 < lines)  // the next line's rows arrive while this line is multiplied
       for (int c = 0; c < CB; ++c) prefetch_rows_ahead(vrows[li + 1] + (c0 + c) * padded);
     for (int o0 = 0; o0 < offsets; o0 += block) {
@@ -322,34 +353,35 @@ ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const floa
       const float* lb = pb + static_cast<std::size_t>(li * offsets + o0) * W;
       row_window<Permute> window[CB];
       for (int c = 0; c < CB; ++c) window[c] = row_window<Permute>(vr + c * padded + o0);
-      static_for<W>([&](auto o) ATTNKIT_INLINE_LAMBDA {
-        constexpr int O = decltype(o)::value;
-        if (O >= n) return;
-        [[maybe_unused]] __m512i idx_o = idx;
-        if constexpr (Permute) idx_o = _mm512_add_epi32(idx, _mm512_set1_epi32(O));
-        const __m512 p_a = simd::in_register(V(_mm512_load_ps(la + O * W))).data;
-        const __m512 p_b = simd::in_register(V(_mm512_load_ps(lb + O * W))).data;
-        for (int c = 0; c < CB; ++c) {
-          const __m512 v = window[c].template keys<O>(idx_o);
-          acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
-          acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
-        }
-      });
+      const auto offsets_of = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
+        static_for<W>([&](auto o) ATTNKIT_INLINE_LAMBDA {
+          constexpr int O = decltype(o)::value;
+          if (O >= n) return;
+          ahead.drip();
+          [[maybe_unused]] __m512i idx_o = idx;
+          if constexpr (Permute) idx_o = _mm512_add_epi32(idx, _mm512_set1_epi32(O));
+          [[maybe_unused]] __m512 p_a, p_b;
+          if constexpr (use_a) p_a = simd::in_register(V(_mm512_load_ps(la + O * W))).data;
+          if constexpr (use_b) p_b = simd::in_register(V(_mm512_load_ps(lb + O * W))).data;
+          for (int c = 0; c < CB; ++c) {
+            const __m512 v = window[c].template keys<O>(idx_o);
+            if constexpr (use_a) acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
+            if constexpr (use_b) acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
+          }
+        });
+      };
+      if (uses_a[li] && uses_b[li])
+        offsets_of(std::true_type{}, std::true_type{});
+      else if (uses_a[li])
+        offsets_of(std::true_type{}, std::false_type{});
+      else
+        offsets_of(std::false_type{}, std::true_type{});
     }
   }
   for (int c = 0; c < CB; ++c) {
     _mm512_store_ps(oa + (c0 + c) * W, acc_a[c]);
     _mm512_store_ps(ob + (c0 + c) * W, acc_b[c]);
   }
-}
-
-/// Queues rows tokens[0, n) of head (b, h) of t, when their channels are contiguous.
-template <class T>
-void queue_rows(prefetch_queue& queue, const tensor_view<T>& t, index_t b, index_t h, const index_t* tokens, int n,
-                bool write) {
-  if (t.stride(dim_axis) != 1) return;
-  for (int i = 0; i < n; ++i)
-    queue.add(t.row(b, h, tokens[i]), static_cast<std::size_t>(t.dim()) * sizeof(T), write);
 }
 
 /// One strip: 16 queries of one head on one line, consecutive in-group positions along the
@@ -477,21 +509,18 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.span + 31 + 15) / 16 * 16);
   const index_t n_items = static_cast<index_t>(items.size());
-  // Rows a task queues: its outputs, the next task's queries, its share of later K/V lines.
-  const auto cache_lines = [](index_t bytes) { return static_cast<std::size_t>((bytes + 63) / 64 + 1); };
-  const std::size_t queue_capacity =
-      2 * W * (cache_lines(pb.dv * index_t(sizeof(O))) + cache_lines(pb.d * index_t(sizeof(Q)))) +
-      static_cast<std::size_t>(max_lines * segment) *
-          (cache_lines(pb.d * index_t(sizeof(K))) + cache_lines(pb.dv * index_t(sizeof(Vt))));
+  // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
+  // share of the K/V rows of later key lines.
+  const std::size_t queue_capacity = 4 * W + static_cast<std::size_t>(2 * max_lines * segment);
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
     const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
     const band& item = items[static_cast<std::size_t>(work % n_items)];
     // Kept between calls, like the arenas (no page faults).
     static thread_local line_cache kc, vc;
-    static thread_local prefetch_queue ahead;
+    static thread_local prefetch_queue upcoming;
     kc.reset(max_lines, pb.d, segment);
     vc.reset(max_lines, pb.dv, segment);
-    ahead.reset(queue_capacity);
+    upcoming.reset(queue_capacity);
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
       const index_t hq = hkv * pb.group + tk.hq;
@@ -519,7 +548,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const index_t g = tk.a.x[last] % p.dilation[last];
       index_t start0 = 0;
       bool contiguous = true;
-      std::int32_t reach = 0;  // the largest idx: a permute reaches offsets up to 31 - reach
+      std::int32_t reach = 0;
+      bool full_windows = true;  // every lane keeps all offsets: no masking  // the largest idx: a permute reaches offsets up to 31 - reach
       for (int r = 0; r < W; ++r) {
         const int lane = std::min(r, tk.a.lanes - 1);
         std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
@@ -528,6 +558,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         if (r == 0) start0 = w.start;
         idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
         count[r] = static_cast<std::int32_t>(w.end - w.start);
+        full_windows = full_windows && count[r] == p.kernel[last];
         contiguous = contiguous && idx[r] == r;
         reach = std::max(reach, idx[r]);
         token_a[r] = flatten(xa);
@@ -558,34 +589,31 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       // While this task computes: its output rows, the next task's queries, and this task's
       // share (one strip's worth of positions) of the key lines its strip on the next lines
       // adds to the sweep.
-      ahead.clear();
-      queue_rows(ahead, out, b, hq, token_a, tk.a.lanes, true);
-      if (two) queue_rows(ahead, out, b, hq, token_b, tk.b.lanes, true);
+      upcoming.clear();
+      const index_t len = p.shape[last], d = p.dilation[last];
+      upcoming.add_rows(out, b, hq, token_a[0], d, tk.a.lanes, true);
+      if (two) upcoming.add_rows(out, b, hq, token_b[0], d, tk.b.lanes, true);
       if (n + 1 < item.last) {
         const task& next = tasks[static_cast<std::size_t>(n + 1)];
         for (const strip* st : {&next.a, &next.b})
-          for (int r = 0; r < st->lanes; ++r) {
-            const index_t token = flatten(st->x) + p.dilation[last] * r;
-            queue_rows(ahead, q, b, hkv * pb.group + next.hq, &token, 1, false);
-          }
+          upcoming.add_rows(q, b, hkv * pb.group + next.hq, flatten(st->x), d, st->lanes, false);
       }
       if (n + item.strips < item.last) {
         const index_t share = (item.span + item.strips - 1) / item.strips, j = (n - item.first) % item.strips;
-        const index_t len = p.shape[last], d = p.dilation[last], group_len = (len - g + d - 1) / d;
-        const index_t from = item.start + j * share, to = std::min({from + share, item.start + item.span, group_len});
+        const index_t from = item.start + j * share;
+        const index_t to = std::min({from + share, item.start + item.span, (len - g + d - 1) / d});
         const int later = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
                                    later_uses + max_lines);
         for (int li = 0; li < later; ++li) {
           if (std::find(key_lines, key_lines + lines, later_lines[li]) != key_lines + lines) continue;
-          for (index_t x = from; x < to; ++x) {
-            const index_t token = later_lines[li] * len + g + d * x;
-            queue_rows(ahead, k, b, hkv, &token, 1, false);
-            queue_rows(ahead, v, b, hkv, &token, 1, false);
-          }
+          upcoming.add_rows(k, b, hkv, later_lines[li] * len + g + d * from, d, to - from, false);
+          upcoming.add_rows(v, b, hkv, later_lines[li] * len + g + d * from, d, to - from, false);
         }
       }
-      ahead.pace(static_cast<std::size_t>(lines) * static_cast<std::size_t>((offsets + qk_block - 1) / qk_block +
-                                                                            (pb.dv + channel_block - 1) / channel_block));
+      const std::size_t qk_passes = static_cast<std::size_t>((offsets + qk_block - 1) / qk_block);
+      const std::size_t pv_passes = static_cast<std::size_t>((pb.dv + channel_block - 1) / channel_block);
+      prefetch_queue::cursor ahead = upcoming.start(static_cast<std::size_t>(lines) *
+                                                    (qk_passes * static_cast<std::size_t>(pb.d) + pv_passes * static_cast<std::size_t>(offsets)));
 
       // Scores, line by line (a line only one strip uses costs only that strip).
       const auto qk = [&](auto permute) {
@@ -596,15 +624,14 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           constexpr int most = P ? max_permuted_offset_block : max_offset_block;
           for (int o0 = 0; o0 < offsets; o0 += qk_block) {
             const int ob = std::min(qk_block, offsets - o0);
-            ahead.drip();
             simd::with_count<most>(ob, [&](auto m) {
               constexpr int M = decltype(m)::value;
               if (uses_a[li] && uses_b[li])
-                qk_line<M, true, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb);
+                qk_line<M, true, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
               else if (uses_a[li])
-                qk_line<M, false, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb);
+                qk_line<M, false, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
               else
-                qk_line<M, false, P>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la);
+                qk_line<M, false, P>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la, ahead);
             });
           }
         }
@@ -614,7 +641,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       else
         qk(std::true_type{});
 
-      // Exact softmax per strip over its lines; p = 0 on lines and offsets it does not keep.
+      // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
+      // the lines a strip does not use).
       const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(count)));
       const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
         mx = V(neg_inf);
@@ -623,26 +651,27 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           for (int oo = 0; oo < offsets; ++oo) {
             float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
             V x = V::load_aligned(so);
-            x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
-            x.store_aligned(so);
+            if (!full_windows) {
+              x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
+              x.store_aligned(so);
+            }
             mx = xsimd::max(mx, x);
           }
         }
         sum = V(0.f);
-        for (int li = 0; li < lines; ++li)
+        for (int li = 0; li < lines; ++li) {
+          if (!uses[li]) continue;  // p.v skips this strip on this line
           for (int oo = 0; oo < offsets; ++oo) {
             float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
-            const V e = uses[li] ? simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx) : V(0.f);
+            const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx);
             e.store_aligned(so);
             sum += e;
           }
+        }
       };
       V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
       softmax(sa, uses_a, mx_a, sum_a);
-      if (two)
-        softmax(sb, uses_b, mx_b, sum_b);
-      else
-        std::fill(sb, sb + static_cast<std::size_t>(lines * offsets * W), 0.f);
+      if (two) softmax(sb, uses_b, mx_b, sum_b);
 
       // P.V over all lines of the pair.
       const auto pv = [&](auto permute) {
@@ -650,8 +679,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
           const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
           simd::with_count<channel_block>(cb, [&](auto m) {
-            pv_block<decltype(m)::value, P>(sa, sb, vrows, lines, offsets, pv_offset_block, segment, perm, c0, oa, ob,
-                                            ahead);
+            pv_block<decltype(m)::value, P>(sa, sb, vrows, uses_a, uses_b, lines, offsets, pv_offset_block, segment,
+                                            perm, c0, oa, ob, ahead);
           });
         }
       };
@@ -664,19 +693,21 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
         alignas(64) float m[W], l[W];
         mx.store_aligned(m), sum.store_aligned(l);
-        const V inv = V(1.f) / sum;  // lanes past the strip may divide by zero: never written
-        for (index_t c = 0; c < pb.dv; ++c) (V::load_aligned(ot + c * W) * inv).store_aligned(ot + c * W);
+        const __m512 inv = (V(1.f) / sum).data;  // lanes past the strip may divide by zero: never written
         const index_t os = out.stride(dim_axis);
         bool written = false;
         if constexpr (std::is_same_v<O, float>) {
-          if (os == 1) {  // rows of 16 channels, transposed back in registers
+          if (os == 1) {  // rows of 16 channels, normalised and transposed back in registers
+            float* rows[W];
+            for (int r = 0; r < tk.a.lanes; ++r) rows[r] = out.row(b, hq, tokens[r]);
             for (index_t c0 = 0; c0 < pb.dv; c0 += W) {
               const int width = static_cast<int>(std::min<index_t>(W, pb.dv - c0));
               const __mmask16 valid = static_cast<__mmask16>((1u << width) - 1);
               __m512 t[W];
-              for (int i = 0; i < W; ++i) t[i] = i < width ? _mm512_load_ps(ot + (c0 + i) * W) : _mm512_setzero_ps();
+              for (int i = 0; i < W; ++i)
+                t[i] = i < width ? _mm512_mul_ps(_mm512_load_ps(ot + (c0 + i) * W), inv) : _mm512_setzero_ps();
               transpose16(t);
-              for (int r = 0; r < tk.a.lanes; ++r) _mm512_mask_storeu_ps(out.row(b, hq, tokens[r]) + c0, valid, t[r]);
+              for (int r = 0; r < tk.a.lanes; ++r) _mm512_mask_storeu_ps(rows[r] + c0, valid, t[r]);
             }
             written = true;
           }
@@ -684,7 +715,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         if (!written)
           for (int r = 0; r < tk.a.lanes; ++r) {
             O* row = out.row(b, hq, tokens[r]);
-            for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r]);
+            for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r] / l[r]);
           }
         if (o.lse)
           for (int r = 0; r < tk.a.lanes; ++r)
