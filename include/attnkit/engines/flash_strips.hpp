@@ -44,7 +44,6 @@ namespace attnkit::detail::flash::strips {
 
 inline constexpr int W = 16;                  // lanes: queries of one strip
 inline constexpr int max_offset_block = 13;   // window offsets per QK pass (2 x 13 accumulators)
-inline constexpr int max_permuted_offset_block = 7;  // the same with 7 index vectors (permuted lanes)
 inline constexpr int channel_block = 6;       // output channels per PV pass (2 x 6 accumulators, 6 row windows)
 inline constexpr int tile_rows_of_many_rows = 48;  // the block-sparse path's tiles (flash.hpp many_rows)
 using V = xsimd::batch<float, xsimd::avx512f>;
@@ -268,22 +267,33 @@ ATTNKIT_ALWAYS_INLINE void static_for(F&& f) {
   static_for(f, std::make_integer_sequence<int, N>{});
 }
 
-/// Positions [at, at + 32) of one transposed row, from which the keys of 16 consecutive window
-/// offsets are derived in registers: lane r reads position r + O (contiguous lanes: a lane
-/// shift, valignd) or idx[r] + O (border, causal and strided strips: a permute, for
-/// idx[r] + O < 32). Two loads serve all the offsets, where one unaligned load per offset,
-/// nearly always across two cache lines, held the FMAs to about half their rate.
-template <bool Permute>
-struct row_window {
-  __m512 lo, hi;
-  row_window() = default;
-  explicit ATTNKIT_ALWAYS_INLINE row_window(const float* at) : lo(_mm512_loadu_ps(at)), hi(_mm512_loadu_ps(at + W)) {}
+/// Where lane r finds the key of window offset O in a transposed row.
+enum class lanes {
+  shifted,       // at r + O (interior strips): a lane shift of two vectors loaded once per row
+  permuted,      // at idx[r] + O, idx[r] < 16 (border, causal): a one-source permute of one load
+  permuted_far,  // at idx[r] + O, idx[r] < 32 (strided windows): a two-source permute of two loads
+};
 
-  /// The keys of offset O; idx_o = idx + O (Permute only).
-  template <int O>
-  ATTNKIT_ALWAYS_INLINE __m512 keys([[maybe_unused]] __m512i idx_o) const {
-    if constexpr (Permute)
-      return _mm512_permutex2var_ps(lo, idx_o, hi);
+/// The keys of one transposed row for window offsets O = 0, 1, ... from `at`. Shifted lanes
+/// derive 16 offsets from two loads in registers (valignd), where one unaligned load per
+/// offset, nearly always across two cache lines, held the FMAs to about half their rate.
+/// Permuted lanes load per offset: a permute of registers kept for all offsets would need a
+/// register copy per offset (the two-source permute overwrites an operand).
+template <lanes L>
+struct row_keys {
+  const float* row = nullptr;
+  __m512 lo, hi;  // shifted: positions [0, 32)
+  row_keys() = default;
+  explicit ATTNKIT_ALWAYS_INLINE row_keys(const float* at) : row(at) {
+    if constexpr (L == lanes::shifted) lo = _mm512_loadu_ps(at), hi = _mm512_loadu_ps(at + W);
+  }
+
+  template <int O>  // O < 16 when shifted
+  ATTNKIT_ALWAYS_INLINE __m512 at([[maybe_unused]] __m512i idx) const {
+    if constexpr (L == lanes::permuted_far)
+      return _mm512_permutex2var_ps(_mm512_loadu_ps(row + O), idx, _mm512_loadu_ps(row + O + W));
+    else if constexpr (L == lanes::permuted)
+      return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(row + O));
     else if constexpr (O == 0)
       return lo;
     else
@@ -302,15 +312,13 @@ ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row) {
 
 /// Scores of one key line for window offsets [o0, o0 + OB): s[o][lane] = sum_c q[c][lane] *
 /// key(o)[c][lane], for strip a and, when Two, strip b (sharing each key vector).
-template <int OB, bool Two, bool Permute>
+template <int OB, bool Two, lanes L>
 ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float* krow, index_t padded, index_t depth,
                                    __m512i idx, int o0, float* sa, float* sb, prefetch_queue::cursor& ahead) {
   __m512 acc_a[OB], acc_b[Two ? OB : 1];
-  __m512i idx_o[Permute ? OB : 1];
   for (int o = 0; o < OB; ++o) {
     acc_a[o] = _mm512_setzero_ps();
     if constexpr (Two) acc_b[o] = _mm512_setzero_ps();
-    if constexpr (Permute) idx_o[o] = _mm512_add_epi32(idx, _mm512_set1_epi32(o));
   }
   for (index_t c = 0; c < depth; ++c) {
     const float* kr = krow + c * padded + o0;
@@ -319,10 +327,10 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
     const __m512 q_a = simd::in_register(V(_mm512_load_ps(qa + c * W))).data;
     [[maybe_unused]] __m512 q_b = q_a;
     if constexpr (Two) q_b = simd::in_register(V(_mm512_load_ps(qb + c * W))).data;
-    const row_window<Permute> window(kr);
+    const row_keys<L> keys(kr);
     static_for<OB>([&](auto o) ATTNKIT_INLINE_LAMBDA {
       constexpr int O = decltype(o)::value;
-      const __m512 k = window.template keys<O>(idx_o[Permute ? O : 0]);  // two FMAs per key vector
+      const __m512 k = keys.template at<O>(idx);  // two FMAs per key vector
       acc_a[O] = _mm512_fmadd_ps(q_a, k, acc_a[O]);
       if constexpr (Two) acc_b[O] = _mm512_fmadd_ps(q_b, k, acc_b[O]);
     });
@@ -334,37 +342,33 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
 }
 
 /// Output channels [c0, c0 + CB) of both strips over every key line of the pair: o[c][lane] +=
-/// p[line][o][lane] * value(line, o)[c][lane], offsets in blocks of `block` <= 16 (one
-/// row_window per channel and block). A line only one strip uses costs only that strip.
-template <int CB, bool Permute>
+/// p[line][o][lane] * value(line, o)[c][lane], offsets in blocks of 16 (one row_keys per
+/// channel and block). A line only one strip uses costs only that strip.
+template <int CB, lanes L>
 ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows,
                                     const std::uint8_t* uses_a, const std::uint8_t* uses_b, int lines, int offsets,
-                                    int block, index_t padded, __m512i idx, index_t c0, float* oa, float* ob,
+                                    index_t padded, __m512i idx, index_t c0, float* oa, float* ob,
                                     prefetch_queue::cursor& ahead) {
   __m512 acc_a[CB], acc_b[CB];
   for (int c = 0; c < CB; ++c) acc_a[c] = _mm512_setzero_ps(), acc_b[c] = _mm512_setzero_ps();
   for (int li = 0; li < lines; ++li) {
     const float* vr = vrows[li] + c0 * padded;
-    if (li + 1 < lines)  // the next line's rows arrive while this line is multiplied
-      for (int c = 0; c < CB; ++c) prefetch_rows_ahead(vrows[li + 1] + (c0 + c) * padded);
-    for (int o0 = 0; o0 < offsets; o0 += block) {
-      const int n = std::min(block, offsets - o0);
+    for (int o0 = 0; o0 < offsets; o0 += W) {
+      const int n = std::min(W, offsets - o0);
       const float* la = pa + static_cast<std::size_t>(li * offsets + o0) * W;
       const float* lb = pb + static_cast<std::size_t>(li * offsets + o0) * W;
-      row_window<Permute> window[CB];
-      for (int c = 0; c < CB; ++c) window[c] = row_window<Permute>(vr + c * padded + o0);
+      row_keys<L> keys[CB];
+      for (int c = 0; c < CB; ++c) keys[c] = row_keys<L>(vr + c * padded + o0);
       const auto offsets_of = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
         static_for<W>([&](auto o) ATTNKIT_INLINE_LAMBDA {
           constexpr int O = decltype(o)::value;
           if (O >= n) return;
           ahead.drip();
-          [[maybe_unused]] __m512i idx_o = idx;
-          if constexpr (Permute) idx_o = _mm512_add_epi32(idx, _mm512_set1_epi32(O));
           [[maybe_unused]] __m512 p_a, p_b;
           if constexpr (use_a) p_a = simd::in_register(V(_mm512_load_ps(la + O * W))).data;
           if constexpr (use_b) p_b = simd::in_register(V(_mm512_load_ps(lb + O * W))).data;
           for (int c = 0; c < CB; ++c) {
-            const __m512 v = window[c].template keys<O>(idx_o);
+            const __m512 v = keys[c].template at<O>(idx);
             if constexpr (use_a) acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
             if constexpr (use_b) acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
           }
@@ -548,8 +552,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const index_t g = tk.a.x[last] % p.dilation[last];
       index_t start0 = 0;
       bool contiguous = true;
-      std::int32_t reach = 0;
-      bool full_windows = true;  // every lane keeps all offsets: no masking  // the largest idx: a permute reaches offsets up to 31 - reach
+      std::int32_t reach = 0;    // the largest idx
+      bool full_windows = true;  // every lane keeps all offsets: no masking
       for (int r = 0; r < W; ++r) {
         const int lane = std::min(r, tk.a.lanes - 1);
         std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
@@ -564,10 +568,14 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         token_a[r] = flatten(xa);
         token_b[r] = two ? flatten(xb) : 0;
       }
-      // Offsets per pass: a permute of lanes reaching `reach` positions past lane 0 can only
-      // shift by 31 - reach within one row window.
-      const int qk_block = contiguous ? max_offset_block : std::min(max_permuted_offset_block, 2 * W - reach);
-      const int pv_offset_block = contiguous ? W : std::min(W, 2 * W - reach);
+      const auto with_lanes = [&](auto&& f) {
+        if (contiguous)
+          f(std::integral_constant<lanes, lanes::shifted>{});
+        else if (reach < W)
+          f(std::integral_constant<lanes, lanes::permuted>{});
+        else
+          f(std::integral_constant<lanes, lanes::permuted_far>{});
+      };
       const auto pack = [&](const strip& st, float* dst) {
         index_t row_stride;
         const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, rowbuf, row_stride);
@@ -610,36 +618,30 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           upcoming.add_rows(v, b, hkv, later_lines[li] * len + g + d * from, d, to - from, false);
         }
       }
-      const std::size_t qk_passes = static_cast<std::size_t>((offsets + qk_block - 1) / qk_block);
+      const std::size_t qk_passes = static_cast<std::size_t>((offsets + max_offset_block - 1) / max_offset_block);
       const std::size_t pv_passes = static_cast<std::size_t>((pb.dv + channel_block - 1) / channel_block);
       prefetch_queue::cursor ahead = upcoming.start(static_cast<std::size_t>(lines) *
                                                     (qk_passes * static_cast<std::size_t>(pb.d) + pv_passes * static_cast<std::size_t>(offsets)));
 
       // Scores, line by line (a line only one strip uses costs only that strip).
-      const auto qk = [&](auto permute) {
-        constexpr bool P = decltype(permute)::value;
+      with_lanes([&](auto kind) {
+        constexpr lanes L = decltype(kind)::value;
         for (int li = 0; li < lines; ++li) {
           float* la = sa + static_cast<std::size_t>(li * offsets * W);
           float* lb = sb + static_cast<std::size_t>(li * offsets * W);
-          constexpr int most = P ? max_permuted_offset_block : max_offset_block;
-          for (int o0 = 0; o0 < offsets; o0 += qk_block) {
-            const int ob = std::min(qk_block, offsets - o0);
-            simd::with_count<most>(ob, [&](auto m) {
+          for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
+            simd::with_count<max_offset_block>(std::min(max_offset_block, offsets - o0), [&](auto m) {
               constexpr int M = decltype(m)::value;
               if (uses_a[li] && uses_b[li])
-                qk_line<M, true, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
+                qk_line<M, true, L>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
               else if (uses_a[li])
-                qk_line<M, false, P>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
+                qk_line<M, false, L>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
               else
-                qk_line<M, false, P>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la, ahead);
+                qk_line<M, false, L>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la, ahead);
             });
           }
         }
-      };
-      if (contiguous)
-        qk(std::false_type{});
-      else
-        qk(std::true_type{});
+      });
 
       // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
       // the lines a strip does not use).
@@ -674,20 +676,15 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       if (two) softmax(sb, uses_b, mx_b, sum_b);
 
       // P.V over all lines of the pair.
-      const auto pv = [&](auto permute) {
-        constexpr bool P = decltype(permute)::value;
+      with_lanes([&](auto kind) {
         for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
           const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
           simd::with_count<channel_block>(cb, [&](auto m) {
-            pv_block<decltype(m)::value, P>(sa, sb, vrows, uses_a, uses_b, lines, offsets, pv_offset_block, segment,
-                                            perm, c0, oa, ob, ahead);
+            pv_block<decltype(m)::value, decltype(kind)::value>(sa, sb, vrows, uses_a, uses_b, lines, offsets, segment,
+                                                                perm, c0, oa, ob, ahead);
           });
         }
-      };
-      if (contiguous)
-        pv(std::false_type{});
-      else
-        pv(std::true_type{});
+      });
 
       // Normalise and write each valid lane.
       const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
