@@ -13,10 +13,12 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define ATTNKIT_ALWAYS_INLINE inline __attribute__((always_inline))
 #define ATTNKIT_INLINE_LAMBDA __attribute__((always_inline))  // after a lambda's parameter list
+#define ATTNKIT_NOINLINE __attribute__((noinline))
 #define ATTNKIT_RESTRICT __restrict__
 #else
 #define ATTNKIT_ALWAYS_INLINE inline
 #define ATTNKIT_INLINE_LAMBDA
+#define ATTNKIT_NOINLINE
 #define ATTNKIT_RESTRICT
 #endif
 

@@ -9,12 +9,14 @@
 ///
 /// K and V are read transposed: each worker keeps, for the band of strips it sweeps, the key
 /// lines their windows reach as transposed segments (one row of positions per channel), built
-/// from the original rows when first needed and kept while the sweep reuses them, so they
-/// stay in L2 (transposing all of K and V up front sends them through DRAM twice more). The 16 keys of window offset o are then one unaligned vector
-/// load at offset o of a segment (interior strips) or a two-register permute (border, causal
-/// and strided strips). Two strips on neighbouring lines share every K/V vector they both
-/// need (two FMAs per load). The window is small, so each strip's softmax is exact in two
-/// passes (scores, then max/exp/sum, then P.V), with no rescaling.
+/// from the original rows when first needed and kept in L2 while the sweep reuses them. The
+/// keys of 16 window offsets come from two loads per segment row and a lane shift (valignd)
+/// each for interior strips, from a load and a permute each for border, causal and strided
+/// strips (see `lanes`). Two strips on neighbouring lines share every K/V vector they both
+/// need (two FMAs per key vector). The rows a later task reads from memory (queries, K/V
+/// rows, outputs) are prefetched a line at a time from the inner loops of the current one.
+/// The window is small, so each strip's softmax is exact in two passes (scores, then
+/// max/exp/sum, then P.V), with no rescaling.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -257,6 +259,24 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
   for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + valid, dst + (c + 1) * width, 0.f);
 }
 
+/// Calls f(std::integral_constant<int, B>) for the first (largest) block size B <= n of the
+/// list, which ends with 1, and returns B. Few sizes keep the unrolled kernels few: odd window
+/// widths (the usual ones) get one pass, others two or three.
+template <int B, int... Smaller, class F>
+ATTNKIT_ALWAYS_INLINE int largest_block(int n, F&& f) {
+  if constexpr (sizeof...(Smaller) == 0) {
+    static_assert(B == 1, "the list ends with 1");
+    f(std::integral_constant<int, 1>{});
+    return 1;
+  } else {
+    if (n >= B) {
+      f(std::integral_constant<int, B>{});
+      return B;
+    }
+    return largest_block<Smaller...>(n, f);
+  }
+}
+
 /// Calls f(std::integral_constant<int, i>) for i = 0, 1, ..., N - 1.
 template <class F, int... I>
 ATTNKIT_ALWAYS_INLINE void static_for(F& f, std::integer_sequence<int, I...>) {
@@ -388,6 +408,97 @@ ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const floa
   }
 }
 
+/// The float work of one task once its queries are packed and its K/V lines transposed:
+/// scores, softmax and p.v of both strips. It depends on neither the element types nor the
+/// rank, and is not inlined: one copy of the unrolled kernels serves every instantiation of
+/// run() (inlined into each, they multiplied the compile time tenfold).
+struct task_work {
+  const float *qa, *qb;
+  float *sa, *sb, *oa, *ob;
+  const float* const* krows;
+  const float* const* vrows;
+  const std::uint8_t *uses_a, *uses_b;
+  int lines, offsets;
+  index_t segment, d, dv;
+  const std::int32_t* idx;    // lane offsets, 64-byte aligned
+  const std::int32_t* count;  // keys per lane, 64-byte aligned
+  bool two, contiguous, full_windows;
+  std::int32_t reach;  // the largest lane offset
+};
+
+ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor& next_lines, V& mx_a, V& sum_a,
+                                          V& mx_b, V& sum_b) {
+  prefetch_queue::cursor ahead = next_lines;  // a local copy stays in registers
+  const __m512i perm = _mm512_load_si512(t.idx);
+  const auto with_lanes = [&](auto&& f) {
+    if (t.contiguous)
+      f(std::integral_constant<lanes, lanes::shifted>{});
+    else if (t.reach < W)
+      f(std::integral_constant<lanes, lanes::permuted>{});
+    else
+      f(std::integral_constant<lanes, lanes::permuted_far>{});
+  };
+
+  // Scores, line by line (a line only one strip uses costs only that strip).
+  with_lanes([&](auto kind) {
+    constexpr lanes L = decltype(kind)::value;
+    for (int li = 0; li < t.lines; ++li) {
+      float* la = t.sa + static_cast<std::size_t>(li * t.offsets * W);
+      float* lb = t.sb + static_cast<std::size_t>(li * t.offsets * W);
+      for (int o0 = 0; o0 < t.offsets;)
+        o0 += largest_block<max_offset_block, 11, 9, 7, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          if (t.uses_a[li] && t.uses_b[li])
+            qk_line<M, true, L>(t.qa, t.qb, t.krows[li], t.segment, t.d, perm, o0, la, lb, ahead);
+          else if (t.uses_a[li])
+            qk_line<M, false, L>(t.qa, t.qb, t.krows[li], t.segment, t.d, perm, o0, la, lb, ahead);
+          else
+            qk_line<M, false, L>(t.qb, t.qa, t.krows[li], t.segment, t.d, perm, o0, lb, la, ahead);
+        });
+    }
+  });
+
+  // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
+  // the lines a strip does not use).
+  const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(t.count)));
+  const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
+    mx = V(neg_inf);
+    for (int li = 0; li < t.lines; ++li) {
+      if (!uses[li]) continue;
+      for (int oo = 0; oo < t.offsets; ++oo) {
+        float* so = s + static_cast<std::size_t>(li * t.offsets + oo) * W;
+        V x = V::load_aligned(so);
+        if (!t.full_windows) {
+          x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
+          x.store_aligned(so);
+        }
+        mx = xsimd::max(mx, x);
+      }
+    }
+    sum = V(0.f);
+    for (int li = 0; li < t.lines; ++li) {
+      if (!uses[li]) continue;  // p.v skips this strip on this line
+      for (int oo = 0; oo < t.offsets; ++oo) {
+        float* so = s + static_cast<std::size_t>(li * t.offsets + oo) * W;
+        const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx);
+        e.store_aligned(so);
+        sum += e;
+      }
+    }
+  };
+  softmax(t.sa, t.uses_a, mx_a, sum_a);
+  if (t.two) softmax(t.sb, t.uses_b, mx_b, sum_b);
+
+  // P.V over all lines of the pair.
+  with_lanes([&](auto kind) {
+    for (index_t c0 = 0; c0 < t.dv;)
+      c0 += largest_block<channel_block, 4, 2, 1>(static_cast<int>(std::min<index_t>(t.dv - c0, W)), [&](auto m) {
+        pv_block<decltype(m)::value, decltype(kind)::value>(t.sa, t.sb, t.vrows, t.uses_a, t.uses_b, t.lines,
+                                                            t.offsets, t.segment, perm, c0, t.oa, t.ob, ahead);
+      });
+  });
+}
+
 /// One strip: 16 queries of one head on one line, consecutive in-group positions along the
 /// last axis.
 struct strip {
@@ -509,9 +620,13 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     return lines;
   };
 
-  // Segments reach every position a lane may read: offset + 31 past its strip's start.
+  // Segments reach every position a lane may read. Lane windows of stride 1 lie within 15
+  // positions of lane 0's (idx <= 15), so the 16 or 32 positions read from an offset end at
+  // most 15 past the band's span; strided windows (idx < 32) read up to 31 past it. A narrow
+  // segment matters: the task's K and V lines must stay in L2 together.
+  const index_t margin = p.stride[last] > 1 ? 31 : 16;
   index_t segment = 0;
-  for (const band& it : items) segment = std::max(segment, (it.span + 31 + 15) / 16 * 16);
+  for (const band& it : items) segment = std::max(segment, (it.span + margin + 15) / 16 * 16);
   const index_t n_items = static_cast<index_t>(items.size());
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
@@ -540,10 +655,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
       const float** vrows = krows + max_lines;
       index_t* key_lines = reinterpret_cast<index_t*>(vrows + max_lines);
-      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(key_lines + max_lines);
+      index_t* later_lines = key_lines + max_lines;  // of a later task
+      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(later_lines + max_lines);
       std::uint8_t* uses_b = uses_a + max_lines;
-      index_t* later_lines = reinterpret_cast<index_t*>(uses_b + max_lines);  // of a later task
-      std::uint8_t* later_uses = reinterpret_cast<std::uint8_t*>(later_lines + max_lines);
+      std::uint8_t* later_uses = uses_b + max_lines;
 
       // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
       alignas(64) std::int32_t idx[W];
@@ -568,14 +683,6 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         token_a[r] = flatten(xa);
         token_b[r] = two ? flatten(xb) : 0;
       }
-      const auto with_lanes = [&](auto&& f) {
-        if (contiguous)
-          f(std::integral_constant<lanes, lanes::shifted>{});
-        else if (reach < W)
-          f(std::integral_constant<lanes, lanes::permuted>{});
-        else
-          f(std::integral_constant<lanes, lanes::permuted_far>{});
-      };
       const auto pack = [&](const strip& st, float* dst) {
         index_t row_stride;
         const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, rowbuf, row_stride);
@@ -583,7 +690,6 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       };
       pack(tk.a, qa);
       if (two) pack(tk.b, qb);
-      const __m512i perm = _mm512_load_si512(idx);
 
       const int lines = lines_of(tk, key_lines, uses_a, uses_b);
       kc.lookup(key_lines, lines, n, krows, [&](index_t line, float* dst) {
@@ -620,71 +726,14 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       }
       const std::size_t qk_passes = static_cast<std::size_t>((offsets + max_offset_block - 1) / max_offset_block);
       const std::size_t pv_passes = static_cast<std::size_t>((pb.dv + channel_block - 1) / channel_block);
-      prefetch_queue::cursor ahead = upcoming.start(static_cast<std::size_t>(lines) *
-                                                    (qk_passes * static_cast<std::size_t>(pb.d) + pv_passes * static_cast<std::size_t>(offsets)));
+      const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
+                                         pv_passes * static_cast<std::size_t>(offsets);  // one per offset of p.v
+      prefetch_queue::cursor ahead = upcoming.start(static_cast<std::size_t>(lines) * drips_per_line);
 
-      // Scores, line by line (a line only one strip uses costs only that strip).
-      with_lanes([&](auto kind) {
-        constexpr lanes L = decltype(kind)::value;
-        for (int li = 0; li < lines; ++li) {
-          float* la = sa + static_cast<std::size_t>(li * offsets * W);
-          float* lb = sb + static_cast<std::size_t>(li * offsets * W);
-          for (int o0 = 0; o0 < offsets; o0 += max_offset_block) {
-            simd::with_count<max_offset_block>(std::min(max_offset_block, offsets - o0), [&](auto m) {
-              constexpr int M = decltype(m)::value;
-              if (uses_a[li] && uses_b[li])
-                qk_line<M, true, L>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
-              else if (uses_a[li])
-                qk_line<M, false, L>(qa, qb, krows[li], segment, pb.d, perm, o0, la, lb, ahead);
-              else
-                qk_line<M, false, L>(qb, qa, krows[li], segment, pb.d, perm, o0, lb, la, ahead);
-            });
-          }
-        }
-      });
-
-      // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
-      // the lines a strip does not use).
-      const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(count)));
-      const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
-        mx = V(neg_inf);
-        for (int li = 0; li < lines; ++li) {
-          if (!uses[li]) continue;
-          for (int oo = 0; oo < offsets; ++oo) {
-            float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
-            V x = V::load_aligned(so);
-            if (!full_windows) {
-              x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
-              x.store_aligned(so);
-            }
-            mx = xsimd::max(mx, x);
-          }
-        }
-        sum = V(0.f);
-        for (int li = 0; li < lines; ++li) {
-          if (!uses[li]) continue;  // p.v skips this strip on this line
-          for (int oo = 0; oo < offsets; ++oo) {
-            float* so = s + static_cast<std::size_t>(li * offsets + oo) * W;
-            const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx);
-            e.store_aligned(so);
-            sum += e;
-          }
-        }
-      };
+      task_work work{qa, qb, sa, sb, oa, ob, krows, vrows, uses_a, uses_b, lines, offsets, segment, pb.d, pb.dv,
+                     idx, count, two, contiguous, full_windows, reach};
       V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
-      softmax(sa, uses_a, mx_a, sum_a);
-      if (two) softmax(sb, uses_b, mx_b, sum_b);
-
-      // P.V over all lines of the pair.
-      with_lanes([&](auto kind) {
-        for (index_t c0 = 0; c0 < pb.dv; c0 += channel_block) {
-          const int cb = static_cast<int>(std::min<index_t>(channel_block, pb.dv - c0));
-          simd::with_count<channel_block>(cb, [&](auto m) {
-            pv_block<decltype(m)::value, decltype(kind)::value>(sa, sb, vrows, uses_a, uses_b, lines, offsets, segment,
-                                                                perm, c0, oa, ob, ahead);
-          });
-        }
-      });
+      compute_task(work, ahead, mx_a, sum_a, mx_b, sum_b);
 
       // Normalise and write each valid lane.
       const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
