@@ -426,9 +426,8 @@ struct task_work {
   std::int32_t reach;  // the largest lane offset
 };
 
-ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor& next_lines, V& mx_a, V& sum_a,
-                                          V& mx_b, V& sum_b) {
-  prefetch_queue::cursor ahead = next_lines;  // a local copy stays in registers
+ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor ahead, V& mx_a, V& sum_a, V& mx_b,
+                                          V& sum_b) {
   const __m512i perm = _mm512_load_si512(t.idx);
   const auto with_lanes = [&](auto&& f) {
     if (t.contiguous)
@@ -728,12 +727,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const std::size_t pv_passes = static_cast<std::size_t>((pb.dv + channel_block - 1) / channel_block);
       const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
                                          pv_passes * static_cast<std::size_t>(offsets);  // one per offset of p.v
-      prefetch_queue::cursor ahead = upcoming.start(static_cast<std::size_t>(lines) * drips_per_line);
-
-      task_work work{qa, qb, sa, sb, oa, ob, krows, vrows, uses_a, uses_b, lines, offsets, segment, pb.d, pb.dv,
-                     idx, count, two, contiguous, full_windows, reach};
+      const task_work work{qa, qb, sa, sb, oa, ob, krows, vrows, uses_a, uses_b, lines, offsets, segment, pb.d, pb.dv,
+                           idx, count, two, contiguous, full_windows, reach};
       V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
-      compute_task(work, ahead, mx_a, sum_a, mx_b, sum_b);
+      compute_task(work, upcoming.start(static_cast<std::size_t>(lines) * drips_per_line), mx_a, sum_a, mx_b, sum_b);
 
       // Normalise and write each valid lane.
       const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
