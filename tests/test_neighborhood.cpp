@@ -767,6 +767,27 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[neighb
   check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
+TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks match reference, bitwise "
+          "for any thread count",
+          "[neighborhood][fast][threads]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  const auto shape = GENERATE(0, 1, 2);
+  neighborhood<2> p;
+  if (shape == 0) p.shape = {200, 40}, p.kernel = {5, 5};  // one band, a long sweep: chunks follow threads
+  if (shape == 1) p.shape = {40, 300}, p.kernel = {3, 7}, p.dilation = {1, 2};  // groups too wide to share a band
+  if (shape == 2) p.shape = {9, 60}, p.kernel = {3, 5}, p.dilation = {1, 10}, p.causal = {false, true};  // 10 groups
+#if defined(__AVX512F__)
+  REQUIRE(attnkit::detail::flash::strips::preferred(p));
+#endif
+  const problem s = problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24);
+  const auto in = random_qkv<float>(s, gen);
+  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+  const auto three = run_fast(p, in.q, in.k, in.v, layout::bhsd, 3);
+  CHECK(same_bits(one.out, three.out));
+  CHECK(same_bits(one.lse_mem, three.lse_mem));
+  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
+}
+
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {
   ATTNKIT_SEEDED_RNG(gen);
   expect_all_rejections<true>(gen);

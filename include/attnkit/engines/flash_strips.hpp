@@ -460,30 +460,34 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
   // the lines a strip does not use).
   const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(t.count)));
-  const auto softmax = [&](float* s, const std::uint8_t* uses, V& mx, V& sum) {
-    mx = V(neg_inf);
-    for (int li = 0; li < t.lines; ++li) {
+  // Locals, not the caller's references: the score stores could alias those, and the
+  // compiler kept the running max and sum in memory (a store-to-load chain per vector).
+  const auto softmax = [lane_count, lines = t.lines, offsets = t.offsets, full = t.full_windows](
+                           float* s, const std::uint8_t* uses, V& max_out, V& sum_out) {
+    V mx(neg_inf);
+    for (int li = 0; li < lines; ++li) {
       if (!uses[li]) continue;
-      for (int oo = 0; oo < t.offsets; ++oo) {
-        float* so = s + static_cast<std::size_t>(li * t.offsets + oo) * W;
-        V x = V::load_aligned(so);
-        if (!t.full_windows) {
+      float* sl = s + static_cast<std::size_t>(li * offsets) * W;
+      for (int oo = 0; oo < offsets; ++oo) {
+        V x = V::load_aligned(sl + oo * W);
+        if (!full) {
           x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
-          x.store_aligned(so);
+          x.store_aligned(sl + oo * W);
         }
         mx = xsimd::max(mx, x);
       }
     }
-    sum = V(0.f);
-    for (int li = 0; li < t.lines; ++li) {
+    V sum(0.f);
+    for (int li = 0; li < lines; ++li) {
       if (!uses[li]) continue;  // p.v skips this strip on this line
-      for (int oo = 0; oo < t.offsets; ++oo) {
-        float* so = s + static_cast<std::size_t>(li * t.offsets + oo) * W;
-        const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(so) - mx);
-        e.store_aligned(so);
+      float* sl = s + static_cast<std::size_t>(li * offsets) * W;
+      for (int oo = 0; oo < offsets; ++oo) {
+        const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(sl + oo * W) - mx);
+        e.store_aligned(sl + oo * W);
         sum += e;
       }
     }
+    max_out = mx, sum_out = sum;
   };
   softmax(t.sa, t.uses_a, mx_a, sum_a);
   if (t.two) softmax(t.sb, t.uses_b, mx_b, sum_b);
@@ -532,54 +536,86 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   // a band of up to `band_strips` neighbouring strips (of one line of the axes before the pair
   // axis), swept down the pair axis by one worker: the key lines its windows reach are
   // transposed once into the worker's cache, for the whole band, as the sweep reaches them.
-  constexpr std::size_t band_strips = 4;
+  // With a dilation along the last axis, a band holds the same strips of several dilation
+  // groups, swept together: their rows interleave in memory, and sweeping the groups apart
+  // read each row's cache lines twice from DRAM (and made x-dilated windows 1.5x slower).
+  // Bands of 8 strips (a 128-wide line whole) fill 1.5x fewer segment positions than 4.
+  constexpr std::size_t band_strips = 8;
   struct band {
     index_t first, last;  // its tasks
-    index_t start, span;  // in-group positions [start, start + span) its windows reach
+    index_t start, span;  // in-group positions [start, start + span) its windows reach (each group)
     index_t strips;       // strips across: task n + strips is task n's strip on the next lines
   };
   std::vector<task> tasks;
   std::vector<band> items;
+  const index_t len = p.shape[last], d = p.dilation[last];
+  index_t groups_per_band = 1;
   {
-    std::vector<std::vector<strip>> bands_of_line;
-    const index_t len = p.shape[last], d = p.dilation[last];
-    for (index_t g = 0; g < d; ++g)
+    // Bands of each dilation group; group 0 is the longest, so it has the most bands.
+    std::vector<std::vector<std::vector<strip>>> bands_of_group(static_cast<std::size_t>(std::min(d, len)));
+    for (index_t g = 0; g < std::min(d, len); ++g) {
+      auto& bands = bands_of_group[static_cast<std::size_t>(g)];
       for (index_t u0 = 0; u0 * d + g < len; u0 += W) {
         strip s;
         s.x[last] = g + d * u0;
         s.lanes = static_cast<int>(std::min<index_t>(W, (len - g + d - 1) / d - u0));
-        if (u0 == 0 || bands_of_line.back().size() == band_strips) bands_of_line.emplace_back();
-        bands_of_line.back().push_back(s);
+        if (u0 == 0 || bands.back().size() == band_strips) bands.emplace_back();
+        bands.back().push_back(s);
       }
+    }
+    const index_t group_count = static_cast<index_t>(bands_of_group.size());
+    groups_per_band = std::clamp<index_t>(static_cast<index_t>(band_strips / bands_of_group[0][0].size()), 1,
+                                          group_count);
+    std::vector<std::vector<strip>> bands_of_line;
+    for (index_t g0 = 0; g0 < group_count; g0 += groups_per_band)
+      for (std::size_t k = 0; k < bands_of_group[static_cast<std::size_t>(g0)].size(); ++k) {
+        bands_of_line.emplace_back();
+        for (index_t g = g0; g < std::min(group_count, g0 + groups_per_band); ++g)
+          if (k < bands_of_group[static_cast<std::size_t>(g)].size())
+            for (const strip& st : bands_of_group[static_cast<std::size_t>(g)][k]) bands_of_line.back().push_back(st);
+      }
+
+    // Pairs of lines along the pair axis, in sweep order.
+    std::vector<std::pair<index_t, index_t>> steps;
+    if constexpr (Rank == 1) {
+      steps.emplace_back(0, -1);
+    } else {
+      const index_t ly = p.shape[pair_axis], dy = p.dilation[pair_axis];
+      for (index_t gy = 0; gy < dy; ++gy)
+        for (index_t y = gy; y < ly; y += 2 * dy) steps.emplace_back(y, y + dy < ly ? y + dy : -1);
+    }
     index_t outer_lines = 1;  // lines of the axes before the pair axis
     for (int a = 0; a < pair_axis; ++a) outer_lines *= p.shape[a];
+    // Sweeps split into chunks when there are too few for the workers (each chunk transposes
+    // its first lines again), at least 16 steps long.
+    const index_t sweeps = pb.batch * pb.kv_heads * pb.group * outer_lines * static_cast<index_t>(bands_of_line.size());
+    const index_t wanted = 2 * static_cast<index_t>(worker_count(o.threads, sweeps * 64));
+    const index_t step_count = static_cast<index_t>(steps.size());
+    const index_t chunks = std::clamp<index_t>((wanted + sweeps - 1) / sweeps, 1, std::max<index_t>(1, step_count / 16));
     for (index_t h = 0; h < pb.group; ++h)
       for (index_t line = 0; line < outer_lines; ++line)
         for (const std::vector<strip>& strips_of_band : bands_of_line) {
-          const strip& right = strips_of_band.back();
-          const index_t start = window(last, strips_of_band.front().x[last]).start;
-          band item{static_cast<index_t>(tasks.size()), 0, start,
-                    window(last, right.x[last] + d * (right.lanes - 1)).end - start,
-                    static_cast<index_t>(strips_of_band.size())};
-          const auto add = [&](index_t ya, index_t yb) {
-            for (strip s : strips_of_band) {
-              index_t rest = line;
-              for (int a = pair_axis - 1; a >= 0; --a) s.x[a] = rest % p.shape[a], rest /= p.shape[a];
-              task t{h, s, s};
-              if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
-              if (yb < 0) t.b.lanes = 0;
-              tasks.push_back(t);
-            }
-          };
-          if constexpr (Rank == 1) {
-            add(0, -1);
-          } else {
-            const index_t ly = p.shape[pair_axis], dy = p.dilation[pair_axis];
-            for (index_t gy = 0; gy < dy; ++gy)
-              for (index_t y = gy; y < ly; y += 2 * dy) add(y, y + dy < ly ? y + dy : -1);
+          index_t start = len, end = 0;
+          for (const strip& st : strips_of_band) {
+            start = std::min(start, window(last, st.x[last]).start);
+            end = std::max(end, window(last, st.x[last] + d * (st.lanes - 1)).end);
           }
-          item.last = static_cast<index_t>(tasks.size());
-          items.push_back(item);
+          for (index_t c = 0; c < chunks; ++c) {
+            band item{static_cast<index_t>(tasks.size()), 0, start, end - start,
+                      static_cast<index_t>(strips_of_band.size())};
+            for (index_t si = step_count * c / chunks; si < step_count * (c + 1) / chunks; ++si)
+              for (strip st : strips_of_band) {
+                index_t rest = line;
+                for (int a = pair_axis - 1; a >= 0; --a) st.x[a] = rest % p.shape[a], rest /= p.shape[a];
+                task t{h, st, st};
+                const auto [ya, yb] = steps[static_cast<std::size_t>(si)];
+                if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
+                if (yb < 0) t.b.lanes = 0;
+                tasks.push_back(t);
+              }
+            item.last = static_cast<index_t>(tasks.size());
+            items.push_back(item);
+          }
         }
   }
 
@@ -636,8 +672,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     // Kept between calls, like the arenas (no page faults).
     static thread_local line_cache kc, vc;
     static thread_local prefetch_queue upcoming;
-    kc.reset(max_lines, pb.d, segment);
-    vc.reset(max_lines, pb.dv, segment);
+    kc.reset(max_lines * groups_per_band, pb.d, segment);
+    vc.reset(max_lines * groups_per_band, pb.dv, segment);
     upcoming.reset(queue_capacity);
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
@@ -647,7 +683,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
       const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
       char* base = static_cast<char*>(thread_arena().reserve(
-          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * (2 * sizeof(float*) + 2))));
+          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * sizeof(float*) + 3 * sizeof(index_t) + 4)));
       float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
             *sb = sa + score_floats;
       float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
@@ -655,7 +691,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const float** vrows = krows + max_lines;
       index_t* key_lines = reinterpret_cast<index_t*>(vrows + max_lines);
       index_t* later_lines = key_lines + max_lines;  // of a later task
-      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(later_lines + max_lines);
+      index_t* tags = later_lines + max_lines;        // cache tags: key line and dilation group
+      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(tags + max_lines);
       std::uint8_t* uses_b = uses_a + max_lines;
       std::uint8_t* later_uses = uses_b + max_lines;
 
@@ -691,19 +728,19 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       if (two) pack(tk.b, qb);
 
       const int lines = lines_of(tk, key_lines, uses_a, uses_b);
-      kc.lookup(key_lines, lines, n, krows, [&](index_t line, float* dst) {
-        fill_segment(p, k, b, hkv, line, g, item.start, item.span, segment, rowbuf, dst);
+      for (int li = 0; li < lines; ++li) tags[li] = key_lines[li] * d + g;
+      kc.lookup(tags, lines, n, krows, [&](index_t tag, float* dst) {
+        fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, segment, rowbuf, dst);
       });
-      vc.lookup(key_lines, lines, n, vrows, [&](index_t line, float* dst) {
-        fill_segment(p, v, b, hkv, line, g, item.start, item.span, segment, rowbuf, dst);
+      vc.lookup(tags, lines, n, vrows, [&](index_t tag, float* dst) {
+        fill_segment(p, v, b, hkv, tag / d, g, item.start, item.span, segment, rowbuf, dst);
       });
       for (int li = 0; li < lines; ++li) krows[li] += start0 - item.start, vrows[li] += start0 - item.start;
 
       // While this task computes: its output rows, the next task's queries, and this task's
-      // share (one strip's worth of positions) of the key lines its strip on the next lines
-      // adds to the sweep.
+      // share (one strip's worth of positions, in every group of the band) of the key lines
+      // its strip on the next lines adds to the sweep.
       upcoming.clear();
-      const index_t len = p.shape[last], d = p.dilation[last];
       upcoming.add_rows(out, b, hq, token_a[0], d, tk.a.lanes, true);
       if (two) upcoming.add_rows(out, b, hq, token_b[0], d, tk.b.lanes, true);
       if (n + 1 < item.last) {
@@ -713,14 +750,20 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       }
       if (n + item.strips < item.last) {
         const index_t share = (item.span + item.strips - 1) / item.strips, j = (n - item.first) % item.strips;
-        const index_t from = item.start + j * share;
-        const index_t to = std::min({from + share, item.start + item.span, (len - g + d - 1) / d});
+        const index_t from = item.start + j * share, to = std::min(from + share, item.start + item.span);
+        const index_t g0 = g / groups_per_band * groups_per_band, g1 = std::min(g0 + groups_per_band, d);
         const int later = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
                                    later_uses + max_lines);
         for (int li = 0; li < later; ++li) {
           if (std::find(key_lines, key_lines + lines, later_lines[li]) != key_lines + lines) continue;
-          upcoming.add_rows(k, b, hkv, later_lines[li] * len + g + d * from, d, to - from, false);
-          upcoming.add_rows(v, b, hkv, later_lines[li] * len + g + d * from, d, to - from, false);
+          const auto add = [&](index_t first, index_t step, index_t count) {
+            upcoming.add_rows(k, b, hkv, later_lines[li] * len + first, step, count, false);
+            upcoming.add_rows(v, b, hkv, later_lines[li] * len + first, step, count, false);
+          };
+          if (g1 - g0 == d)  // every group: the rows are contiguous
+            add(d * from, 1, std::min(len, d * to) - d * from);
+          else
+            for (index_t gg = g0; gg < g1; ++gg) add(gg + d * from, d, std::min(to, (len - gg + d - 1) / d) - from);
         }
       }
       const std::size_t qk_passes = static_cast<std::size_t>((offsets + max_offset_block - 1) / max_offset_block);
