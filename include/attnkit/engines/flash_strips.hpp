@@ -140,7 +140,10 @@ class line_cache {
  public:
   void reset(index_t slots, index_t depth, index_t width) {
     stride_ = depth * width + 16;  // one cache line more: slots do not alias the same cache sets
-    data_.resize(static_cast<std::size_t>(slots * stride_));
+    data_.resize(static_cast<std::size_t>(slots * stride_ + 16));
+    // Slots start on a cache line (rows too: width is a multiple of 16), so that the loads of
+    // interior strips, at a multiple of 16 positions (see band::lead), are aligned.
+    base_ = data_.data() + (16 - reinterpret_cast<std::uintptr_t>(data_.data()) / sizeof(float) % 16) % 16;
     line_.assign(static_cast<std::size_t>(slots), -1);
     used_.assign(static_cast<std::size_t>(slots), -1);
   }
@@ -171,9 +174,10 @@ class line_cache {
   }
 
  private:
-  float* slot(std::size_t s) { return data_.data() + static_cast<index_t>(s) * stride_; }
+  float* slot(std::size_t s) { return base_ + static_cast<index_t>(s) * stride_; }
   index_t stride_ = 0;
   std::vector<float> data_;
+  float* base_ = nullptr;
   std::vector<index_t> line_, used_;
 };
 
@@ -242,11 +246,11 @@ class prefetch_queue {
 };
 
 /// Writes positions [start, start + span) of dilation group g of key line `line` of t[b, h]
-/// into dst transposed (row stride width >= span per channel), zeros past them and past the
-/// group's end.
+/// into dst transposed (row stride width >= lead + span per channel, position start at column
+/// lead), zeros past them and past the group's end.
 template <int Rank, class T>
 void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, index_t b, index_t h, index_t line,
-                  index_t g, index_t start, index_t span, index_t width, float* buf, float* dst) {
+                  index_t g, index_t start, index_t span, index_t lead, index_t width, float* buf, float* dst) {
   const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], group_len = (len - g + d - 1) / d;
   const index_t valid = std::clamp<index_t>(group_len - start, 0, span);
   for (index_t u = 0; u < valid; u += W) {
@@ -254,9 +258,9 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
     const int n = static_cast<int>(std::min<index_t>(W, valid - u));
     index_t row_stride;
     const float* rows = rows_as_float(t, b, h, line * len + g + d * (start + u), d, n, buf, row_stride);
-    transpose_rows(rows, row_stride, n, t.dim(), 1.f, dst + u, width);
+    transpose_rows(rows, row_stride, n, t.dim(), 1.f, dst + lead + u, width);
   }
-  for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + valid, dst + (c + 1) * width, 0.f);
+  for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + lead + valid, dst + (c + 1) * width, 0.f);
 }
 
 /// Calls f(std::integral_constant<int, B>) for the first (largest) block size B <= n of the
@@ -544,6 +548,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   struct band {
     index_t first, last;  // its tasks
     index_t start, span;  // in-group positions [start, start + span) its windows reach (each group)
+    index_t lead;         // segments store position start at column lead: interior strips load aligned
     index_t strips;       // strips across: task n + strips is task n's strip on the next lines
   };
   std::vector<task> tasks;
@@ -600,8 +605,13 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             start = std::min(start, window(last, st.x[last]).start);
             end = std::max(end, window(last, st.x[last] + d * (st.lanes - 1)).end);
           }
+          // Strips 16 positions apart have window starts 16 apart where the windows are not
+          // clamped: the second strip's start, put on a multiple of 16, aligns them all.
+          index_t lead = 0;
+          if (strips_of_band.size() > 1 && strips_of_band[1].x[last] == strips_of_band[0].x[last] + W * d)
+            lead = (W - (window(last, strips_of_band[1].x[last]).start - start) % W) % W;
           for (index_t c = 0; c < chunks; ++c) {
-            band item{static_cast<index_t>(tasks.size()), 0, start, end - start,
+            band item{static_cast<index_t>(tasks.size()), 0, start, end - start, lead,
                       static_cast<index_t>(strips_of_band.size())};
             for (index_t si = step_count * c / chunks; si < step_count * (c + 1) / chunks; ++si)
               for (strip st : strips_of_band) {
@@ -661,7 +671,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   // segment matters: the task's K and V lines must stay in L2 together.
   const index_t margin = p.stride[last] > 1 ? 31 : 16;
   index_t segment = 0;
-  for (const band& it : items) segment = std::max(segment, (it.span + margin + 15) / 16 * 16);
+  for (const band& it : items) segment = std::max(segment, (it.lead + it.span + margin + 15) / 16 * 16);
   const index_t n_items = static_cast<index_t>(items.size());
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
@@ -730,12 +740,13 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const int lines = lines_of(tk, key_lines, uses_a, uses_b);
       for (int li = 0; li < lines; ++li) tags[li] = key_lines[li] * d + g;
       kc.lookup(tags, lines, n, krows, [&](index_t tag, float* dst) {
-        fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, segment, rowbuf, dst);
+        fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
       });
       vc.lookup(tags, lines, n, vrows, [&](index_t tag, float* dst) {
-        fill_segment(p, v, b, hkv, tag / d, g, item.start, item.span, segment, rowbuf, dst);
+        fill_segment(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
       });
-      for (int li = 0; li < lines; ++li) krows[li] += start0 - item.start, vrows[li] += start0 - item.start;
+      const index_t column0 = item.lead + start0 - item.start;
+      for (int li = 0; li < lines; ++li) krows[li] += column0, vrows[li] += column0;
 
       // While this task computes: its output rows, the next task's queries, and this task's
       // share (one strip's worth of positions, in every group of the band) of the key lines
