@@ -605,11 +605,17 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             start = std::min(start, window(last, st.x[last]).start);
             end = std::max(end, window(last, st.x[last] + d * (st.lanes - 1)).end);
           }
-          // Strips 16 positions apart have window starts 16 apart where the windows are not
-          // clamped: the second strip's start, put on a multiple of 16, aligns them all.
+          // Interior strips (windows unclamped across their lanes) start 16 positions apart:
+          // the first one's start, put on a multiple of 16, aligns them all. Bands with only
+          // border strips (which permute their keys anyway) keep their segments narrow.
           index_t lead = 0;
-          if (strips_of_band.size() > 1 && strips_of_band[1].x[last] == strips_of_band[0].x[last] + W * d)
-            lead = (W - (window(last, strips_of_band[1].x[last]).start - start) % W) % W;
+          for (const strip& st : strips_of_band) {
+            const index_t first = window(last, st.x[last]).start;
+            if (st.lanes == W && window(last, st.x[last] + d * (W - 1)).start - first == W - 1) {
+              lead = (W - (first - start) % W) % W;
+              break;
+            }
+          }
           for (index_t c = 0; c < chunks; ++c) {
             band item{static_cast<index_t>(tasks.size()), 0, start, end - start, lead,
                       static_cast<index_t>(strips_of_band.size())};
