@@ -751,6 +751,18 @@ TEST_CASE("fast: bf16 inputs and outputs, strided layouts match reference", "[ne
   fast_vs_reference<bf16, bf16>(p1, problem_of(2, 2, 1, 203, 32, 32), gen, layout::strided);
 }
 
+/// The fast path on one thread and on `threads`: bitwise identical out and lse, and both match
+/// the reference.
+template <int Rank>
+void check_thread_counts_agree(const neighborhood<Rank>& p, const problem& s, int threads, std::mt19937& gen) {
+  const auto in = random_qkv<float>(s, gen);
+  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
+  const auto many = run_fast(p, in.q, in.k, in.v, layout::bhsd, threads);
+  CHECK(same_bits(one.out, many.out));
+  CHECK(same_bits(one.lse_mem, many.lse_mem));
+  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
+}
+
 TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[neighborhood][fast][threads]") {
   ATTNKIT_SEEDED_RNG(gen);
   neighborhood<3> p;
@@ -758,13 +770,7 @@ TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[neighb
   p.kernel = {3, 5, 7};
   p.stride = {1, 2, 1};
   p.causal = {true, false, false};
-  const problem s = problem_of(2, 4, 2, 495, 32, 32);
-  const auto in = random_qkv<float>(s, gen);
-  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
-  const auto two = run_fast(p, in.q, in.k, in.v, layout::bhsd, 2);
-  CHECK(same_bits(one.out, two.out));
-  CHECK(same_bits(one.lse_mem, two.lse_mem));
-  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
+  check_thread_counts_agree(p, problem_of(2, 4, 2, 495, 32, 32), 2, gen);
 }
 
 TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks match reference, bitwise "
@@ -779,13 +785,7 @@ TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks
 #if defined(__AVX512F__)
   REQUIRE(attnkit::detail::flash::strips::preferred(p));
 #endif
-  const problem s = problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24);
-  const auto in = random_qkv<float>(s, gen);
-  const auto one = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);
-  const auto three = run_fast(p, in.q, in.k, in.v, layout::bhsd, 3);
-  CHECK(same_bits(one.out, three.out));
-  CHECK(same_bits(one.lse_mem, three.lse_mem));
-  check_matches(one, run_ref(p, in.q, in.k, in.v), float_tol);
+  check_thread_counts_agree(p, problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24), 3, gen);
 }
 
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {
