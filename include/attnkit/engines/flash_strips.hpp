@@ -558,8 +558,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t groups_per_band = 1;
   {
     // Bands of each dilation group; group 0 is the longest, so it has the most bands.
-    std::vector<std::vector<std::vector<strip>>> bands_of_group(static_cast<std::size_t>(std::min(d, len)));
-    for (index_t g = 0; g < std::min(d, len); ++g) {
+    const index_t group_count = std::min(d, len);
+    std::vector<std::vector<std::vector<strip>>> bands_of_group(static_cast<std::size_t>(group_count));
+    for (index_t g = 0; g < group_count; ++g) {
       auto& bands = bands_of_group[static_cast<std::size_t>(g)];
       for (index_t u0 = 0; u0 * d + g < len; u0 += W) {
         strip s;
@@ -569,7 +570,6 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         bands.back().push_back(s);
       }
     }
-    const index_t group_count = static_cast<index_t>(bands_of_group.size());
     groups_per_band = std::clamp<index_t>(static_cast<index_t>(band_strips / bands_of_group[0][0].size()), 1,
                                           group_count);
     std::vector<std::vector<strip>> bands_of_line;
