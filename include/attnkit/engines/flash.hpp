@@ -69,6 +69,17 @@ const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, ind
   return buf;
 }
 
+/// Rows first, first + step, ... of head (b, h) of t for simd::rows_ahead (first may lie past
+/// the last row: prefetches do not fault, and the address is never dereferenced).
+template <class T>
+simd::rows_ahead rows_of(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step) {
+  if (t.stride(dim_axis) != 1) return {};
+  const std::uintptr_t row0 = reinterpret_cast<std::uintptr_t>(t.row(b, h, 0));
+  const index_t stride = step * t.stride(seq_axis) * static_cast<index_t>(sizeof(T));
+  return {row0 + static_cast<std::uintptr_t>(first * t.stride(seq_axis) * static_cast<index_t>(sizeof(T))), stride,
+          t.dim() * static_cast<index_t>(sizeof(T))};
+}
+
 /// One chunk of a run: keys key0, key0 + step, ... (nkeys of them) at run positions pos0, ...
 struct chunk {
   index_t key0, step, pos0;
@@ -244,16 +255,20 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
   for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& c) {
     index_t ks, vs;
     const float* kp = float_rows(k, b, hkv, c.key0, c.step, c.nkeys, sc.kbuf, ks);
-    if constexpr (G::rows_in_lanes)
+    if constexpr (G::rows_in_lanes) {
       simd::qk_tile<G>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s);
-    else
-      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s);
+    } else {
+      // Few rows stream K and V from memory: q.k asks for this chunk's V rows, p.v for the
+      // next chunk's K rows (two streams in flight instead of one).
+      simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s, rows_of(v, b, hkv, c.key0, c.step));
+    }
     softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, m, l, sc.ot);
     const float* vp = float_rows(v, b, hkv, c.key0, c.step, c.nkeys, sc.vbuf, vs);
     if constexpr (G::rows_in_lanes)
       simd::pv_tile<G>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot);
     else
-      simd::pv_rows_tile<simd::wide_arch, G::Br>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot);
+      simd::pv_rows_tile<simd::wide_arch, G::Br>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot,
+                                                 rows_of(k, b, hkv, c.key0 + c.nkeys * c.step, c.step));
   });
 }
 
