@@ -7,13 +7,15 @@
 /// lane reads exactly its own window, so no work is spent on keys outside it (the "speed of
 /// light" of GNA, Hassani et al. 2025, reached without requiring strides).
 ///
-/// K and V are read transposed: each worker keeps, for the band of strips it sweeps, the key
-/// lines their windows reach as transposed segments (one row of positions per channel), built
-/// from the original rows when first needed and kept in L2 while the sweep reuses them. The
+/// Each worker keeps, for the band of strips it sweeps, the key lines their windows reach,
+/// built when first needed and kept in L2 while the sweep reuses them: K as transposed
+/// segments (one row of positions per channel), V as float rows in memory order. In q.k the
 /// keys of 16 window offsets come from two loads per segment row and a lane shift (valignd)
 /// each for interior strips, from a load and a permute each for border, causal and strided
-/// strips (see `lanes`). Two strips on neighbouring lines share every K/V vector they both
-/// need (two FMAs per key vector). The rows a later task reads from memory (queries, K/V
+/// strips (see `lanes`). p.v runs per lane pair along the channels, the weights broadcast:
+/// neighbouring lanes' windows are one row apart (or equal, at a border), so each value row
+/// is loaded once for both, and neither V nor the outputs are transposed. Two strips on
+/// neighbouring lines share every K/V vector they both need (two FMAs per vector). The rows a later task reads from memory (queries, K/V
 /// rows, outputs) are prefetched a line at a time from the inner loops of the current one.
 /// The window is small, so each strip's softmax is exact in two passes (scores, then
 /// max/exp/sum, then P.V), with no rescaling.
@@ -46,7 +48,6 @@ namespace attnkit::detail::flash::strips {
 
 inline constexpr int W = 16;                  // lanes: queries of one strip
 inline constexpr int max_offset_block = 13;   // window offsets per QK pass (2 x 13 accumulators)
-inline constexpr int channel_block = 6;       // output channels per PV pass (2 x 6 accumulators, 6 row windows)
 inline constexpr int tile_rows_of_many_rows = 48;  // the block-sparse path's tiles (flash.hpp many_rows)
 using V = xsimd::batch<float, xsimd::avx512f>;
 
@@ -130,10 +131,10 @@ const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, 
   return buf;
 }
 
-/// Transposed segments of key lines for one band of strips: a slot holds, for one key line, the
-/// in-group positions [start, start + width) of the column's dilation group, one row of
-/// `width` positions per channel (positions past the group are zero, so loads and permutes
-/// that run over its end read finite values, in lanes that are masked or weighted by zero).
+/// Key lines for one band of strips: a slot holds, for one key line, the in-group positions
+/// [start, start + width) of the column's dilation group, transposed (fill_segment: K) or as
+/// rows (fill_rows: V); positions past the group are zero, so loads and permutes that run
+/// over its end read finite values, in lanes that are masked or weighted by zero.
 /// Slots are tagged by key line; a line the current task needs and no slot holds replaces the
 /// least recently used line the task does not need.
 class line_cache {
@@ -263,6 +264,22 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
   for (index_t c = 0; c < t.dim(); ++c) std::fill(dst + c * width + lead + valid, dst + (c + 1) * width, 0.f);
 }
 
+/// Writes positions [start, start + span) of dilation group g of key line `line` of t[b, h]
+/// into dst as float rows of `stride` floats (channels past the head dimension zero), position
+/// start at row lead, and zero rows past them up to row `rows`.
+template <int Rank, class T>
+void fill_rows(const neighborhood<Rank>& p, const tensor_view<const T>& t, index_t b, index_t h, index_t line,
+               index_t g, index_t start, index_t span, index_t lead, index_t rows, index_t stride, float* dst) {
+  const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], group_len = (len - g + d - 1) / d;
+  const index_t valid = std::clamp<index_t>(group_len - start, 0, span);
+  for (index_t u = 0; u < valid; ++u) {
+    float* row = dst + (lead + u) * stride;
+    simd::to_float_row(t.row(b, h, line * len + g + d * (start + u)), t.stride(dim_axis), t.dim(), row);
+    std::fill(row + t.dim(), row + stride, 0.f);
+  }
+  std::fill(dst + (lead + valid) * stride, dst + rows * stride, 0.f);
+}
+
 /// Calls f(std::integral_constant<int, B>) for the first (largest) block size B <= n of the
 /// list, which ends with 1, and returns B. Few sizes keep the unrolled kernels few: odd window
 /// widths (the usual ones) get one pass, others two or three.
@@ -365,55 +382,58 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
   }
 }
 
-/// Output channels [c0, c0 + CB) of both strips over every key line of the pair: o[c][lane] +=
-/// p[line][o][lane] * value(line, o)[c][lane], offsets in blocks of 16 (one row_keys per
-/// channel and block). A line only one strip uses costs only that strip.
-template <int CB, lanes L>
-ATTNKIT_ALWAYS_INLINE void pv_block(const float* pa, const float* pb, const float* const* vrows,
-                                    const std::uint8_t* uses_a, const std::uint8_t* uses_b, int lines, int offsets,
-                                    index_t padded, __m512i idx, index_t c0, float* oa, float* ob,
-                                    prefetch_queue::cursor& ahead) {
-  __m512 acc_a[CB], acc_b[CB];
-  for (int c = 0; c < CB; ++c) acc_a[c] = _mm512_setzero_ps(), acc_b[c] = _mm512_setzero_ps();
-  for (int li = 0; li < lines; ++li) {
-    const float* vr = vrows[li] + c0 * padded;
-    for (int o0 = 0; o0 < offsets; o0 += W) {
-      const int n = std::min(W, offsets - o0);
-      const float* la = pa + static_cast<std::size_t>(li * offsets + o0) * W;
-      const float* lb = pb + static_cast<std::size_t>(li * offsets + o0) * W;
-      row_keys<L> keys[CB];
-      for (int c = 0; c < CB; ++c) keys[c] = row_keys<L>(vr + c * padded + o0);
-      const auto offsets_of = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
-        static_for<W>([&](auto o) ATTNKIT_INLINE_LAMBDA {
-          constexpr int O = decltype(o)::value;
-          if (O >= n) return;
-          ahead.drip();
-          [[maybe_unused]] __m512 p_a, p_b;
-          if constexpr (use_a) p_a = simd::in_register(V(_mm512_load_ps(la + O * W))).data;
-          if constexpr (use_b) p_b = simd::in_register(V(_mm512_load_ps(lb + O * W))).data;
-          for (int c = 0; c < CB; ++c) {
-            const __m512 v = keys[c].template at<O>(idx);
-            if constexpr (use_a) acc_a[c] = _mm512_fmadd_ps(p_a, v, acc_a[c]);
-            if constexpr (use_b) acc_b[c] = _mm512_fmadd_ps(p_b, v, acc_b[c]);
-          }
-        });
-      };
-      if (uses_a[li] && uses_b[li])
-        offsets_of(std::true_type{}, std::true_type{});
-      else if (uses_a[li])
-        offsets_of(std::true_type{}, std::false_type{});
-      else
-        offsets_of(std::false_type{}, std::true_type{});
+/// Adds one key line's share to output channels [c0, c0 + 16 CB) of lane r and, when Pair,
+/// lane r + 1 of strip a (when UseA) and strip b (when UseB), from value rows in memory order:
+/// o[lane][c] += sum over offsets of p[o][lane] * v(idx[lane] + o)[c], the weights broadcast.
+/// Lane r + 1 starts Shift (0 or 1) rows after lane r, so each value row is loaded once for
+/// the lanes of both strips that use it; `rows` is lane r's first.
+template <int CB, bool Pair, int Shift, bool UseA, bool UseB>
+ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* rows, int offsets, index_t vstride,
+                                    int r, index_t c0, float* oa, float* ob, prefetch_queue::cursor& ahead) {
+  constexpr int L = Pair ? 2 : 1;
+  __m512 acc_a[L][CB], acc_b[L][CB];
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < CB; ++c) {
+      if constexpr (UseA) acc_a[l][c] = _mm512_load_ps(oa + (r + l) * vstride + c0 + c * W);
+      if constexpr (UseB) acc_b[l][c] = _mm512_load_ps(ob + (r + l) * vstride + c0 + c * W);
     }
+  // Row j: lane r at offset j, lane r + 1 at offset j - Shift.
+  const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
+    ahead.drip();
+    __m512 v[CB];
+    for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_load_ps(rows + j * vstride + c * W))).data;
+    const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
+      constexpr int Ln = decltype(l)::value;
+      if constexpr (UseA) {
+        const __m512 w = _mm512_set1_ps(pa[o * W + r + Ln]);
+        for (int c = 0; c < CB; ++c) acc_a[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_a[Ln][c]);
+      }
+      if constexpr (UseB) {
+        const __m512 w = _mm512_set1_ps(pb[o * W + r + Ln]);
+        for (int c = 0; c < CB; ++c) acc_b[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_b[Ln][c]);
+      }
+    };
+    if constexpr (decltype(first_lane)::value) lane(std::integral_constant<int, 0>{}, j);
+    if constexpr (decltype(second_lane)::value) lane(std::integral_constant<int, L - 1>{}, j - Shift);
+  };
+  constexpr std::true_type yes{};
+  constexpr std::false_type no{};
+  if constexpr (Pair && Shift == 1) {
+    row(0, yes, no);
+    for (int j = 1; j < offsets; ++j) row(j, yes, yes);
+    row(offsets, no, yes);
+  } else {
+    for (int j = 0; j < offsets; ++j) row(j, yes, std::integral_constant<bool, Pair>{});
   }
-  for (int c = 0; c < CB; ++c) {
-    _mm512_store_ps(oa + (c0 + c) * W, acc_a[c]);
-    _mm512_store_ps(ob + (c0 + c) * W, acc_b[c]);
-  }
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < CB; ++c) {
+      if constexpr (UseA) _mm512_store_ps(oa + (r + l) * vstride + c0 + c * W, acc_a[l][c]);
+      if constexpr (UseB) _mm512_store_ps(ob + (r + l) * vstride + c0 + c * W, acc_b[l][c]);
+    }
 }
 
-/// The float work of one task once its queries are packed and its K/V lines transposed:
-/// scores, softmax and p.v of both strips. It depends on neither the element types nor the
+/// The float work of one task once its queries are packed and its K/V lines cached: scores,
+/// softmax and (unnormalised) p.v of both strips. It depends on neither the element types nor the
 /// rank, and is not inlined: one copy of the unrolled kernels serves every instantiation of
 /// run() (inlined into each, they multiplied the compile time tenfold).
 struct task_work {
@@ -422,8 +442,8 @@ struct task_work {
   const float* const* krows;
   const float* const* vrows;
   const std::uint8_t *uses_a, *uses_b;
-  int lines, offsets;
-  index_t segment, d, dv;
+  int lines, offsets, lanes;
+  index_t segment, d, vstride;
   const std::int32_t* idx;    // lane offsets, 64-byte aligned
   const std::int32_t* count;  // keys per lane, 64-byte aligned
   bool two, contiguous, full_windows;
@@ -496,14 +516,41 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   softmax(t.sa, t.uses_a, mx_a, sum_a);
   if (t.two) softmax(t.sb, t.uses_b, mx_b, sum_b);
 
-  // P.V over all lines of the pair.
-  with_lanes([&](auto kind) {
-    for (index_t c0 = 0; c0 < t.dv;)
-      c0 += largest_block<channel_block, 4, 2, 1>(static_cast<int>(std::min<index_t>(t.dv - c0, W)), [&](auto m) {
-        pv_block<decltype(m)::value, decltype(kind)::value>(t.sa, t.sb, t.vrows, t.uses_a, t.uses_b, t.lines,
-                                                            t.offsets, t.segment, perm, c0, t.oa, t.ob, ahead);
-      });
-  });
+  // P.V, line by line (each line's value rows stay in L1 for all its lanes), lanes in pairs:
+  // their rows are value rows in memory order, read once for both lanes of both strips (no
+  // transposes of V or of the outputs). Outputs are normalised when written.
+  std::fill(t.oa, t.oa + t.lanes * t.vstride, 0.f);
+  if (t.two) std::fill(t.ob, t.ob + t.lanes * t.vstride, 0.f);
+  const index_t vectors = t.vstride / W;
+  for (int li = 0; li < t.lines; ++li) {
+    const float* pa = t.sa + static_cast<std::size_t>(li * t.offsets) * W;
+    const float* pb = t.sb + static_cast<std::size_t>(li * t.offsets) * W;
+    const auto line = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
+      for (int r = 0; r < t.lanes; r += 2) {
+        const std::int32_t shift = t.idx[r + 1] - t.idx[r];
+        for (index_t c = 0; c < vectors;)
+          c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
+            const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
+              pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, use_a, use_b>(
+                  pa, pb, t.vrows[li] + t.idx[lane] * t.vstride + c * W, t.offsets, t.vstride, lane, c * W, t.oa,
+                  t.ob, ahead);
+            };
+            if (shift == 1)  // interior
+              lanes_from(std::true_type{}, std::integral_constant<int, 1>{}, r);
+            else if (shift == 0)  // clamped at a border
+              lanes_from(std::true_type{}, std::integral_constant<int, 0>{}, r);
+            else  // strided windows: one lane at a time
+              for (int l = r; l < r + 2; ++l) lanes_from(std::false_type{}, std::integral_constant<int, 0>{}, l);
+          });
+      }
+    };
+    if (t.uses_a[li] && t.uses_b[li])
+      line(std::true_type{}, std::true_type{});
+    else if (t.uses_a[li])
+      line(std::true_type{}, std::false_type{});
+    else if (t.uses_b[li])
+      line(std::false_type{}, std::true_type{});
+  }
 }
 
 /// One strip: 16 queries of one head on one line, consecutive in-group positions along the
@@ -679,6 +726,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   const index_t margin = p.stride[last] > 1 ? 31 : 16;
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.lead + it.span + margin + 15) / 16 * 16);
+  const index_t vstride = (pb.dv + W - 1) / W * W;  // value rows and output tiles, whole vectors
   const index_t n_items = static_cast<index_t>(items.size());
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
@@ -690,13 +738,13 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     static thread_local line_cache kc, vc;
     static thread_local prefetch_queue upcoming;
     kc.reset(max_lines * groups_per_band, pb.d, segment);
-    vc.reset(max_lines * groups_per_band, pb.dv, segment);
+    vc.reset(max_lines * groups_per_band, vstride, segment);
     upcoming.reset(queue_capacity);
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
       const index_t hq = hkv * pb.group + tk.hq;
       const bool two = tk.b.lanes > 0;
-      const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(pb.dv * W);
+      const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
       const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
       const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
       char* base = static_cast<char*>(thread_arena().reserve(
@@ -750,10 +798,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
       });
       vc.lookup(tags, lines, n, vrows, [&](index_t tag, float* dst) {
-        fill_segment(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
+        fill_rows(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, vstride, dst);
       });
       const index_t column0 = item.lead + start0 - item.start;
-      for (int li = 0; li < lines; ++li) krows[li] += column0, vrows[li] += column0;
+      for (int li = 0; li < lines; ++li) krows[li] += column0, vrows[li] += column0 * vstride;
 
       // While this task computes: its output rows, the next task's queries, and this task's
       // share (one strip's worth of positions, in every group of the band) of the key lines
@@ -785,42 +833,29 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         }
       }
       const std::size_t qk_passes = static_cast<std::size_t>((offsets + max_offset_block - 1) / max_offset_block);
-      const std::size_t pv_passes = static_cast<std::size_t>((pb.dv + channel_block - 1) / channel_block);
+      const std::size_t pv_passes = static_cast<std::size_t>((vstride / W + 3) / 4);
       const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
-                                         pv_passes * static_cast<std::size_t>(offsets);  // one per offset of p.v
-      const task_work work{qa, qb, sa, sb, oa, ob, krows, vrows, uses_a, uses_b, lines, offsets, segment, pb.d, pb.dv,
-                           idx, count, two, contiguous, full_windows, reach};
+                                         pv_passes * (W / 2) * static_cast<std::size_t>(offsets + 1);  // per row of p.v
+      const task_work work{qa,    qb,      sa,    sb,    oa,       ob,     krows,        vrows,
+                           uses_a, uses_b, lines, offsets, tk.a.lanes, segment, pb.d, vstride,
+                           idx,   count,   two,   contiguous, full_windows, reach};
       V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
       compute_task(work, upcoming.start(static_cast<std::size_t>(lines) * drips_per_line), mx_a, sum_a, mx_b, sum_b);
 
-      // Normalise and write each valid lane.
-      const auto write = [&](float* ot, const index_t* tokens, V mx, V sum) {
+      // Each valid lane's output row, normalised, and log-sum-exp.
+      const auto write = [&](const float* ot, const index_t* tokens, V mx, V sum) {
         alignas(64) float m[W], l[W];
         mx.store_aligned(m), sum.store_aligned(l);
-        const __m512 inv = (V(1.f) / sum).data;  // lanes past the strip may divide by zero: never written
         const index_t os = out.stride(dim_axis);
-        bool written = false;
-        if constexpr (std::is_same_v<O, float>) {
-          if (os == 1) {  // rows of 16 channels, normalised and transposed back in registers
-            float* rows[W];
-            for (int r = 0; r < tk.a.lanes; ++r) rows[r] = out.row(b, hq, tokens[r]);
-            for (index_t c0 = 0; c0 < pb.dv; c0 += W) {
-              const int width = static_cast<int>(std::min<index_t>(W, pb.dv - c0));
-              const __mmask16 valid = static_cast<__mmask16>((1u << width) - 1);
-              __m512 t[W];
-              for (int i = 0; i < W; ++i)
-                t[i] = i < width ? _mm512_mul_ps(_mm512_load_ps(ot + (c0 + i) * W), inv) : _mm512_setzero_ps();
-              transpose16(t);
-              for (int r = 0; r < tk.a.lanes; ++r) _mm512_mask_storeu_ps(rows[r] + c0, valid, t[r]);
-            }
-            written = true;
-          }
+        for (int r = 0; r < tk.a.lanes; ++r) {
+          O* row = out.row(b, hq, tokens[r]);
+          const float* src = ot + r * vstride;
+          const float inv = 1.f / l[r];
+          if (os == 1)  // vectorises
+            for (index_t c = 0; c < pb.dv; ++c) row[c] = from_float<O>(src[c] * inv);
+          else
+            for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(src[c] * inv);
         }
-        if (!written)
-          for (int r = 0; r < tk.a.lanes; ++r) {
-            O* row = out.row(b, hq, tokens[r]);
-            for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(ot[c * W + r] / l[r]);
-          }
         if (o.lse)
           for (int r = 0; r < tk.a.lanes; ++r)
             o.lse[(b * pb.q_heads + hq) * pb.nq + tokens[r]] = (m[r] + std::log2(l[r])) * ln2;
