@@ -382,14 +382,16 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
   }
 }
 
-/// Adds one key line's share to output channels [c0, c0 + 16 CB) of lane r and, when Pair,
-/// lane r + 1 of strip a (when UseA) and strip b (when UseB), from value rows in memory order:
-/// o[lane][c] += sum over offsets of p[o][lane] * v(idx[lane] + o)[c], the weights broadcast.
-/// Lane r + 1 starts Shift (0 or 1) rows after lane r, so each value row is loaded once for
-/// the lanes of both strips that use it; `rows` is lane r's first.
+/// Adds the share of key lines [0, lines) to output channels [c0, c0 + 16 CB) of lane r and,
+/// when Pair, lane r + 1 of strip a (when UseA) and strip b (when UseB), from value rows in
+/// memory order: o[lane][c] += sum over lines and offsets of p[line][o][lane] *
+/// v(line, idx[lane] + o)[c], the weights broadcast. Lane r + 1 starts Shift (0 or 1) rows
+/// after lane r, so each value row is loaded once for the lanes of both strips that use it;
+/// line_rows[li] + first is lane r's first row on line li.
 template <int CB, bool Pair, int Shift, bool UseA, bool UseB>
-ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* rows, int offsets, index_t vstride,
-                                    int r, index_t c0, float* oa, float* ob, prefetch_queue::cursor& ahead) {
+ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* const* line_rows, int lines,
+                                    index_t first, int offsets, index_t vstride, int r, index_t c0, float* oa,
+                                    float* ob, prefetch_queue::cursor& ahead) {
   constexpr int L = Pair ? 2 : 1;
   __m512 acc_a[L][CB], acc_b[L][CB];
   for (int l = 0; l < L; ++l)
@@ -397,33 +399,36 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const floa
       if constexpr (UseA) acc_a[l][c] = _mm512_load_ps(oa + (r + l) * vstride + c0 + c * W);
       if constexpr (UseB) acc_b[l][c] = _mm512_load_ps(ob + (r + l) * vstride + c0 + c * W);
     }
-  // Row j: lane r at offset j, lane r + 1 at offset j - Shift.
-  const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
-    ahead.drip();
-    __m512 v[CB];
-    for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_load_ps(rows + j * vstride + c * W))).data;
-    const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
-      constexpr int Ln = decltype(l)::value;
-      if constexpr (UseA) {
-        const __m512 w = _mm512_set1_ps(pa[o * W + r + Ln]);
-        for (int c = 0; c < CB; ++c) acc_a[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_a[Ln][c]);
-      }
-      if constexpr (UseB) {
-        const __m512 w = _mm512_set1_ps(pb[o * W + r + Ln]);
-        for (int c = 0; c < CB; ++c) acc_b[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_b[Ln][c]);
-      }
+  for (int li = 0; li < lines; ++li, pa += offsets * W, pb += offsets * W) {
+    const float* rows = line_rows[li] + first;
+    // Row j: lane r at offset j, lane r + 1 at offset j - Shift.
+    const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
+      ahead.drip();
+      __m512 v[CB];
+      for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_load_ps(rows + j * vstride + c * W))).data;
+      const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
+        constexpr int Ln = decltype(l)::value;
+        if constexpr (UseA) {
+          const __m512 w = _mm512_set1_ps(pa[o * W + r + Ln]);
+          for (int c = 0; c < CB; ++c) acc_a[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_a[Ln][c]);
+        }
+        if constexpr (UseB) {
+          const __m512 w = _mm512_set1_ps(pb[o * W + r + Ln]);
+          for (int c = 0; c < CB; ++c) acc_b[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_b[Ln][c]);
+        }
+      };
+      if constexpr (decltype(first_lane)::value) lane(std::integral_constant<int, 0>{}, j);
+      if constexpr (decltype(second_lane)::value) lane(std::integral_constant<int, L - 1>{}, j - Shift);
     };
-    if constexpr (decltype(first_lane)::value) lane(std::integral_constant<int, 0>{}, j);
-    if constexpr (decltype(second_lane)::value) lane(std::integral_constant<int, L - 1>{}, j - Shift);
-  };
-  constexpr std::true_type yes{};
-  constexpr std::false_type no{};
-  if constexpr (Pair && Shift == 1) {
-    row(0, yes, no);
-    for (int j = 1; j < offsets; ++j) row(j, yes, yes);
-    row(offsets, no, yes);
-  } else {
-    for (int j = 0; j < offsets; ++j) row(j, yes, std::integral_constant<bool, Pair>{});
+    constexpr std::true_type yes{};
+    constexpr std::false_type no{};
+    if constexpr (Pair && Shift == 1) {
+      row(0, yes, no);
+      for (int j = 1; j < offsets; ++j) row(j, yes, yes);
+      row(offsets, no, yes);
+    } else {
+      for (int j = 0; j < offsets; ++j) row(j, yes, std::integral_constant<bool, Pair>{});
+    }
   }
   for (int l = 0; l < L; ++l)
     for (int c = 0; c < CB; ++c) {
@@ -516,13 +521,18 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   softmax(t.sa, t.uses_a, mx_a, sum_a);
   if (t.two) softmax(t.sb, t.uses_b, mx_b, sum_b);
 
-  // P.V, line by line (each line's value rows stay in L1 for all its lanes), lanes in pairs:
-  // their rows are value rows in memory order, read once for both lanes of both strips (no
-  // transposes of V or of the outputs). Outputs are normalised when written.
+  // P.V, lanes in pairs: their rows are value rows in memory order, read once for both lanes
+  // of both strips (no transposes of V or of the outputs). Lines go in groups of up to four
+  // that the same strips use: the accumulators are loaded and stored once per group, and the
+  // group's value rows stay in L1 for all its lanes. Outputs are normalised when written.
+  constexpr int group_lines = 4;
   std::fill(t.oa, t.oa + t.lanes * t.vstride, 0.f);
   if (t.two) std::fill(t.ob, t.ob + t.lanes * t.vstride, 0.f);
   const index_t vectors = t.vstride / W;
-  for (int li = 0; li < t.lines; ++li) {
+  for (int li = 0, n = 1; li < t.lines; li += n) {
+    n = 1;
+    while (li + n < t.lines && n < group_lines && t.uses_a[li + n] == t.uses_a[li] && t.uses_b[li + n] == t.uses_b[li])
+      ++n;
     const float* pa = t.sa + static_cast<std::size_t>(li * t.offsets) * W;
     const float* pb = t.sb + static_cast<std::size_t>(li * t.offsets) * W;
     const auto line = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
@@ -532,7 +542,7 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
           c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
             const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
               pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, use_a, use_b>(
-                  pa, pb, t.vrows[li] + t.idx[lane] * t.vstride + c * W, t.offsets, t.vstride, lane, c * W, t.oa,
+                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vstride + c * W, t.offsets, t.vstride, lane, c * W, t.oa,
                   t.ob, ahead);
             };
             if (shift == 1)  // interior
