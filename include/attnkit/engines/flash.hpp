@@ -377,8 +377,12 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
         if (c == 0 || cb < ce) items.push_back({gi / pb.kv_heads, gi % pb.kv_heads, tile, cb, ce, slot});
       }
     }
-  // Longest first, so the dynamic schedule ends with short items (causal tiles vary 1:N).
+  // Head by head, longest first within a head, so that the dynamic schedule ends with short
+  // items (causal tiles vary 1:N) while the K/V rows in use stay those of one head: sorting
+  // all heads' items by length together interleaved the heads, and with 4 heads of 16K keys
+  // (32 MiB of K/V) that spilled L3 and made radial attention 1.3x slower per head.
   std::stable_sort(items.begin(), items.end(), [](const work_item& a, const work_item& b) {
+    if (a.b != b.b || a.hkv != b.hkv) return a.b < b.b || (a.b == b.b && a.hkv < b.hkv);
     return a.kend - a.kbeg > b.kend - b.kbeg;
   });
 
