@@ -28,6 +28,7 @@
 #include "../simd/convert.hpp"
 #include "../simd/exp.hpp"
 #include "../simd/microkernels.hpp"
+#include "../simd/transpose.hpp"
 #include "../variants/softmax.hpp"
 #include "flash_plan.hpp"
 #include "flash_strips.hpp"
@@ -230,6 +231,31 @@ struct scratch {
   }
 };
 
+/// Packs the tile's rows of float q (unit stride along dim) into lanes with in-register
+/// transposes, pre-scaled, when rows are lanes of 16: a scalar loop over 48 x D strided
+/// elements cost as much as a third of a short tile's chunks (sparse patterns, small N).
+/// Returns false when it does not apply.
+template <class G, class Q>
+bool pack_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]] const typename G::rows& t,
+                            [[maybe_unused]] const tensor_view<const Q>& q, [[maybe_unused]] index_t b,
+                            [[maybe_unused]] float* qt) {
+#if defined(__AVX512F__)
+  if constexpr (G::rows_in_lanes && G::W == 16 && std::is_same_v<Q, float>) {
+    if (q.stride(dim_axis) != 1) return false;
+    for (int n = 0; n < G::NR; ++n) {
+      const float* rows[16];
+      for (int i = 0; i < 16; ++i) {
+        const int r = n * 16 + i;
+        rows[i] = r < t.rows ? q.row(b, t.head[r], t.query[r]) : nullptr;
+      }
+      simd::rows_to_lanes(rows, pb.d, pb.scale2, qt + n * 16, G::Br);
+    }
+    return true;
+  }
+#endif
+  return false;
+}
+
 /// Runs the keys [kbeg, kend) of the tile's key sequence for one query tile; leaves the
 /// unnormalised output in sc.ot (transposed) and the running max / sum (base 2) in m, l.
 template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt>
@@ -238,15 +264,17 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
                   index_t kbeg, index_t kend, const scratch<G>& sc, typename G::V* m, typename G::V* l) {
   using V = typename G::V;
   // Q pre-scaled into base-2 units, transposed when rows are lanes; padding rows are zero.
-  const index_t row_step = G::rows_in_lanes ? 1 : pb.d, dim_step = G::rows_in_lanes ? G::Br : 1;
-  for (int r = 0; r < G::Br; ++r) {
-    float* dst = sc.qt + r * row_step;
-    if (r < t.rows) {
-      const Q* qr = q.row(b, t.head[r], t.query[r]);
-      const index_t qs = q.stride(dim_axis);
-      for (index_t c = 0; c < pb.d; ++c) dst[c * dim_step] = to_float(qr[c * qs]) * pb.scale2;
-    } else {
-      for (index_t c = 0; c < pb.d; ++c) dst[c * dim_step] = 0.f;
+  if (!pack_rows_in_registers<G>(pb, t, q, b, sc.qt)) {
+    const index_t row_step = G::rows_in_lanes ? 1 : pb.d, dim_step = G::rows_in_lanes ? G::Br : 1;
+    for (int r = 0; r < G::Br; ++r) {
+      float* dst = sc.qt + r * row_step;
+      if (r < t.rows) {
+        const Q* qr = q.row(b, t.head[r], t.query[r]);
+        const index_t qs = q.stride(dim_axis);
+        for (index_t c = 0; c < pb.d; ++c) dst[c * dim_step] = to_float(qr[c * qs]) * pb.scale2;
+      } else {
+        for (index_t c = 0; c < pb.d; ++c) dst[c * dim_step] = 0.f;
+      }
     }
   }
   std::fill(sc.ot, sc.ot + pb.dv * G::Br, 0.f);
@@ -344,6 +372,33 @@ inline index_t key_splits(index_t busy_tiles, index_t max_keys) {
   return std::max<index_t>(1, std::min(wanted, max_keys / min_chunk));
 }
 
+/// Writes the normalised rows of a tile whose rows are lanes of 16 (every row that `seen`,
+/// from sc.ot) to float out (unit stride along dim) with in-register transposes. Returns false
+/// when it does not apply.
+template <class G, class O, class Seen>
+bool write_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]] const typename G::rows& t,
+                             [[maybe_unused]] const tensor_view<O>& out, [[maybe_unused]] index_t b,
+                             [[maybe_unused]] const float* ot, [[maybe_unused]] const float* sums,
+                             [[maybe_unused]] Seen&& seen) {
+#if defined(__AVX512F__)
+  if constexpr (G::rows_in_lanes && G::W == 16 && std::is_same_v<O, float>) {
+    if (out.stride(dim_axis) != 1) return false;
+    for (int n = 0; n < G::NR; ++n) {
+      float* rows[16];
+      alignas(64) float inv[16];
+      for (int i = 0; i < 16; ++i) {
+        const int r = n * 16 + i;
+        rows[i] = seen(r) ? out.row(b, t.head[r], t.query[r]) : nullptr;
+        inv[i] = rows[i] ? 1.f / sums[r] : 0.f;
+      }
+      simd::lanes_to_rows(ot + n * 16, G::Br, pb.dv, inv, rows);
+    }
+    return true;
+  }
+#endif
+  return false;
+}
+
 template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt, class O>
 void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
@@ -415,10 +470,18 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       process_tile<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
     alignas(64) float mr[G::Br], lr[G::Br];
     for (int i = 0; i < G::NR; ++i) m[i].store_aligned(mr + i * G::W), l[i].store_aligned(lr + i * G::W);
+    const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };  // a NaN sum is seen
+    const bool transposed = w.slot < 0 && write_rows_in_registers<G>(pb, t, out, w.b, sc.ot, lr, seen);
     for (int r = 0; r < t.rows; ++r) {
-      const bool seen = t.live[r] && lr[r] != 0.f;  // a NaN sum is seen: NaN propagates
-      const float inv = seen ? 1.f / lr[r] : 0.f;
-      const float lse2 = seen ? mr[r] + std::log2(lr[r]) : neg_inf;
+      const float inv = seen(r) ? 1.f / lr[r] : 0.f;
+      const float lse2 = seen(r) ? mr[r] + std::log2(lr[r]) : neg_inf;
+      if (transposed) {  // only the rows that saw nothing (zeros) and the lse are left
+        if (!seen(r))
+          write_row(w.b, t.head[r], t.query[r], sc.ot, 0, 0.f, neg_inf);
+        else if (o.lse)
+          o.lse[(w.b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] = lse2 * ln2;
+        continue;
+      }
       const float* src = G::rows_in_lanes ? sc.ot + r : sc.ot + r * pb.dv;
       const index_t src_stride = G::rows_in_lanes ? G::Br : 1;
       if (w.slot < 0) {

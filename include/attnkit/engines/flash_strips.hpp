@@ -41,6 +41,7 @@
 #include "../simd/convert.hpp"
 #include "../simd/exp.hpp"
 #include "../simd/microkernels.hpp"
+#include "../simd/transpose.hpp"
 #include "../variants/neighborhood.hpp"
 #include "flash_plan.hpp"
 
@@ -80,39 +81,13 @@ bool preferred(const neighborhood<Rank>& p) {
   return strips * lanes * strip_penalty < tiles;
 }
 
-/// In-register transpose of a 16 x 16 block: t[k] becomes column k.
-ATTNKIT_ALWAYS_INLINE void transpose16(__m512 t[W]) {
-  __m512 r[W];
-  for (int i = 0; i < 8; ++i) r[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]), r[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
-  const auto lo = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-  const auto hi = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-  for (int i = 0; i < 4; ++i) {
-    t[4 * i + 0] = lo(r[4 * i + 0], r[4 * i + 2]);
-    t[4 * i + 1] = hi(r[4 * i + 0], r[4 * i + 2]);
-    t[4 * i + 2] = lo(r[4 * i + 1], r[4 * i + 3]);
-    t[4 * i + 3] = hi(r[4 * i + 1], r[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      r[8 * i + j] = _mm512_shuffle_f32x4(t[8 * i + j], t[8 * i + 4 + j], 0x88);
-      r[8 * i + 4 + j] = _mm512_shuffle_f32x4(t[8 * i + j], t[8 * i + 4 + j], 0xdd);
-    }
-  for (int j = 0; j < 8; ++j) t[j] = _mm512_shuffle_f32x4(r[j], r[8 + j], 0x88), t[8 + j] = _mm512_shuffle_f32x4(r[j], r[8 + j], 0xdd);
-}
-
 /// dst[c * dst_stride + i] = scale * rows[min(i, n - 1) * row_stride + c] for i < 16, c < depth:
-/// 16 rows transposed (the last one repeated), a 16 x 16 block at a time.
+/// 16 rows transposed (the last one repeated).
 inline void transpose_rows(const float* rows, index_t row_stride, int n, index_t depth, float scale, float* dst,
                            index_t dst_stride) {
-  const __m512 factor = _mm512_set1_ps(scale);
-  for (index_t c0 = 0; c0 < depth; c0 += W) {
-    const int width = static_cast<int>(std::min<index_t>(W, depth - c0));
-    const __mmask16 valid = static_cast<__mmask16>((1u << width) - 1);
-    __m512 t[W];
-    for (int i = 0; i < W; ++i) t[i] = _mm512_maskz_loadu_ps(valid, rows + std::min(i, n - 1) * row_stride + c0);
-    transpose16(t);
-    for (int k = 0; k < width; ++k) _mm512_storeu_ps(dst + (c0 + k) * dst_stride, _mm512_mul_ps(factor, t[k]));
-  }
+  const float* row_of[W];
+  for (int i = 0; i < W; ++i) row_of[i] = rows + std::min(i, n - 1) * row_stride;
+  simd::rows_to_lanes(row_of, depth, scale, dst, dst_stride);
 }
 
 /// Rows first, first + step, ... (n <= 16 of them) of head (b, h) of t, as float rows with
