@@ -251,14 +251,15 @@ inline void pv_rows_tile(const float* ATTNKIT_RESTRICT p, int nkeys, const float
     const int n = std::min(block, nkeys - j0);
     const float* pj = p + j0 * R;
     const float* vj = v + j0 * vs;
-    rows_ahead block_ahead = ahead;  // requested by the first pass over the block
+    rows_ahead block_ahead = ahead;
     if (block_ahead.first) block_ahead.first += static_cast<std::uintptr_t>(j0 * ahead.stride);
     for (int r0 = 0; r0 < R; r0 += 2) {
+      // The first pass over the block requests the rows ahead.
+      const auto ahead_of = [&](index_t c) { return r0 == 0 && c == 0 ? block_ahead : rows_ahead{}; };
       index_t c0 = 0;
-      for (; c0 + C * W <= width; c0 += C * W, block_ahead.first = 0)
-        pv_rows_pair<Arch, R, C>(pj, n, vj, vs, width, r0, c0, o, block_ahead);
-      for (; c0 + 2 * W <= width; c0 += 2 * W) pv_rows_pair<Arch, R, 2>(pj, n, vj, vs, width, r0, c0, o);
-      for (; c0 + W <= width; c0 += W) pv_rows_pair<Arch, R, 1>(pj, n, vj, vs, width, r0, c0, o);
+      for (; c0 + C * W <= width; c0 += C * W) pv_rows_pair<Arch, R, C>(pj, n, vj, vs, width, r0, c0, o, ahead_of(c0));
+      for (; c0 + 2 * W <= width; c0 += 2 * W) pv_rows_pair<Arch, R, 2>(pj, n, vj, vs, width, r0, c0, o, ahead_of(c0));
+      for (; c0 + W <= width; c0 += W) pv_rows_pair<Arch, R, 1>(pj, n, vj, vs, width, r0, c0, o, ahead_of(c0));
       for (; c0 < width; ++c0)
         for (int j = 0; j < n; ++j)
           for (int r = r0; r < r0 + 2; ++r) o[r * width + c0] += pj[j * R + r] * vj[j * vs + c0];
