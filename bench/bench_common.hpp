@@ -10,7 +10,8 @@
 ///   GFLOPs      useful floating-point work per second, 1e9 units
 ///   roof_ratio  GFLOPs / FMA roof measured in main() (plain number)
 ///   GBps        bytes read per second, 1e9 units
-///   bw_ratio    GBps / read bandwidth measured in main() (plain number)
+///   bw_ratio    GBps / read bandwidth measured in main(), or for streaming benchmarks over
+///               the bandwidth of read passes run next to their timed loop (paired_bandwidth)
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -578,6 +579,36 @@ inline void set_byte_counters(benchmark::State& state, double bytes_per_iter, do
   state.counters["GBps"] = benchmark::Counter(g, benchmark::Counter::kIsIterationInvariantRate);
   if (read_bw_gbps() > 0 && secs > 0)
     state.counters["bw_ratio"] = g * static_cast<double>(state.iterations()) / secs / read_bw_gbps();
+}
+
+/// Bandwidth measured alongside a streaming benchmark, by read passes over `bytes` run next
+/// to its timed loop. The memory bandwidth this shared host gives one machine swings
+/// between ~45 and ~85 GB/s from one run to the next (neighbours' traffic), so a
+/// denominator measured in main() minutes earlier compares two different machines.
+class paired_bandwidth {
+ public:
+  explicit paired_bandwidth(std::size_t bytes) : array_(bytes, hw_threads()) { array_.pass_seconds(); }
+
+  void pass() { seconds_ += array_.pass_seconds(), ++passes_; }
+
+  /// GB/s over all passes so far.
+  double gbps() const { return seconds_ > 0 ? static_cast<double>(array_.bytes()) * passes_ / seconds_ * 1e-9 : 0; }
+
+ private:
+  read_bw_array array_;
+  double seconds_ = 0;
+  int passes_ = 0;
+};
+
+/// Byte counters for a benchmark timed next to paired_bandwidth passes:
+/// "bw_ratio" is over the paired bandwidth ("paired_bw_GBps"), not the one from main().
+inline void set_paired_byte_counters(benchmark::State& state, double bytes_per_iter, double secs,
+                                     const paired_bandwidth& bw) {
+  const double g = bytes_per_iter * 1e-9;
+  state.counters["GBps"] = benchmark::Counter(g, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["paired_bw_GBps"] = bw.gbps();
+  if (bw.gbps() > 0 && secs > 0)
+    state.counters["bw_ratio"] = g * static_cast<double>(state.iterations()) / secs / bw.gbps();
 }
 
 /// FLOPs of softmax attention as conventionally counted (FlashAttention papers): two

@@ -16,7 +16,10 @@
 /// The FMA roof and the read bandwidth are measured once in main() before the benchmarks
 /// run, printed, and used by the counters: every attention benchmark reports "GFLOPs"
 /// (4*B*Hq*Nq*Nk*D per call, exactly half for causal) and "roof_ratio"; decode reports
-/// "GBps" (bytes of K and V read: B*Hkv*Nk*(D+Dv)*sizeof(float)) and "bw_ratio".
+/// "GBps" (bytes of K and V read: B*Hkv*Nk*(D+Dv)*sizeof(float)) and "bw_ratio", the
+/// latter over the bandwidth of read passes run right before and after the timed decode
+/// steps ("paired_bw_GBps":
+/// this host's bandwidth swings by 2x over seconds, see paired_bandwidth).
 /// Every family also has a "tiny" version for CI:
 ///
 ///   bench_softmax --benchmark_filter=tiny --benchmark_min_time=0.01
@@ -207,6 +210,28 @@ struct decode_inputs {
   double bytes_read() const { return static_cast<double>(kDecB * kDecHkv * nk * (kDecD + kDecD)) * sizeof(float); }
 };
 
+// Times one decode step per iteration, back to back as in a model's decode loop. Streamed
+// inputs: bw_ratio is over read passes run right before and right after the timed loop
+// (paired_bandwidth); the in-cache tiny variant reports against the bandwidth from main().
+template <class Step>
+void time_decode(benchmark::State& state, const decode_inputs& in, bool stream, Step step) {
+  constexpr int passes_each_side = 3;
+  std::unique_ptr<paired_bandwidth> bw;
+  if (stream) {
+    bw = std::make_unique<paired_bandwidth>(kDecodeStreamBytes);
+    for (int p = 0; p < passes_each_side; ++p) bw->pass();
+  }
+  loop_clock clock;
+  for (auto _ : state) {
+    step();
+    benchmark::ClobberMemory();
+  }
+  const double secs = clock.seconds();
+  if (!bw) return set_byte_counters(state, in.bytes_read(), secs);
+  for (int p = 0; p < passes_each_side; ++p) bw->pass();
+  set_paired_byte_counters(state, in.bytes_read(), secs, *bw);
+}
+
 // Naive Eigen decode: per KV head, the group's Hq/Hkv query rows as one small GEMM
 // S = Qg K^T, row softmax, O = S V (K/V read once per KV head).
 void bm_eigen_naive_decode(benchmark::State& state, i64 nk, bool stream) {
@@ -238,13 +263,10 @@ void bm_eigen_naive_decode(benchmark::State& state, i64 nk, bool stream) {
     }
   };
   team.run(body);
-  loop_clock clock;
-  for (auto _ : state) {
+  time_decode(state, in, stream, [&] {
     rep = (rep + 1) % in.replicas;
     team.run(body);
-    benchmark::ClobberMemory();
-  }
-  set_byte_counters(state, in.bytes_read(), clock.seconds());
+  });
 }
 
 #if !defined(ATTNKIT_BENCH_BASELINES_ONLY)
@@ -300,14 +322,11 @@ void bm_attnkit_decode(benchmark::State& state, i64 nk, bool stream) {
     attnkit::attention(sm, Q, K, V, O, opt);  // warm-up
   }
   i64 rep = 0;
-  loop_clock clock;
-  for (auto _ : state) {
+  time_decode(state, in, stream, [&] {
     rep = (rep + 1) % in.replicas;
     const auto [K, V] = kv(rep);
     attnkit::attention(sm, Q, K, V, O, opt);
-    benchmark::ClobberMemory();
-  }
-  set_byte_counters(state, in.bytes_read(), clock.seconds());
+  });
 }
 #endif  // !ATTNKIT_BENCH_BASELINES_ONLY
 
