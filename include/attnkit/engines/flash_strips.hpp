@@ -725,26 +725,38 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     kc.reset(max_lines * groups_per_band, pb.d, segment);
     vc.reset(max_lines * groups_per_band, vstride, segment);
     upcoming.reset(queue_capacity);
+    const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
+    const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
+    const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
+    char* base = static_cast<char*>(thread_arena().reserve(
+        floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (4 * sizeof(float*) + 3 * sizeof(index_t) + 4)));
+    float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
+          *sb = sa + score_floats;
+    float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
+    const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
+    const float** vrows = krows + max_lines;
+    const float** kslots = vrows + max_lines;  // the cached lines of the current step
+    const float** vslots = kslots + max_lines;
+    index_t* key_lines = reinterpret_cast<index_t*>(vslots + max_lines);
+    index_t* later_lines = key_lines + max_lines;  // of the next step, not in this one
+    index_t* tags = later_lines + max_lines;        // cache tags: key line and dilation group
+    std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(tags + max_lines);
+    std::uint8_t* uses_b = uses_a + max_lines;
+    std::uint8_t* later_uses = uses_b + max_lines;
+    // The strips of one step of the sweep share their key lines (they differ only along the
+    // last axis): lines, cache slots and the next step's new lines are found once per step.
+    int lines = 0, later = 0;
+    const task* step_task = nullptr;
+    const auto same_step = [&](const task& x, const task& y) {
+      if ((x.b.lanes > 0) != (y.b.lanes > 0)) return false;
+      for (int a = 0; a < last; ++a)
+        if (x.a.x[a] != y.a.x[a] || x.b.x[a] != y.b.x[a]) return false;
+      return x.a.x[last] % d == y.a.x[last] % d;  // one dilation group: one set of cache tags
+    };
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
       const index_t hq = hkv * pb.group + tk.hq;
       const bool two = tk.b.lanes > 0;
-      const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
-      const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
-      const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
-      char* base = static_cast<char*>(thread_arena().reserve(
-          floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (2 * sizeof(float*) + 3 * sizeof(index_t) + 4)));
-      float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
-            *sb = sa + score_floats;
-      float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
-      const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
-      const float** vrows = krows + max_lines;
-      index_t* key_lines = reinterpret_cast<index_t*>(vrows + max_lines);
-      index_t* later_lines = key_lines + max_lines;  // of a later task
-      index_t* tags = later_lines + max_lines;        // cache tags: key line and dilation group
-      std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(tags + max_lines);
-      std::uint8_t* uses_b = uses_a + max_lines;
-      std::uint8_t* later_uses = uses_b + max_lines;
 
       // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
       alignas(64) std::int32_t idx[W];
@@ -777,16 +789,28 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       pack(tk.a, qa);
       if (two) pack(tk.b, qb);
 
-      const int lines = lines_of(tk, key_lines, uses_a, uses_b);
-      for (int li = 0; li < lines; ++li) tags[li] = key_lines[li] * d + g;
-      kc.lookup(tags, lines, n, krows, [&](index_t tag, float* dst) {
-        fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
-      });
-      vc.lookup(tags, lines, n, vrows, [&](index_t tag, float* dst) {
-        fill_rows(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, vstride, dst);
-      });
+      const bool new_step = !step_task || !same_step(*step_task, tk);
+      if (new_step) {
+        step_task = &tk;
+        lines = lines_of(tk, key_lines, uses_a, uses_b);
+        for (int li = 0; li < lines; ++li) tags[li] = key_lines[li] * d + g;
+        kc.lookup(tags, lines, n, kslots, [&](index_t tag, float* dst) {
+          fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
+        });
+        vc.lookup(tags, lines, n, vslots, [&](index_t tag, float* dst) {
+          fill_rows(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, vstride, dst);
+        });
+        later = 0;
+        if (n + item.strips < item.last) {
+          const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
+                                          later_uses + max_lines);
+          for (int li = 0; li < next_lines; ++li)
+            if (std::find(key_lines, key_lines + lines, later_lines[li]) == key_lines + lines)
+              later_lines[later++] = later_lines[li];
+        }
+      }
       const index_t column0 = item.lead + start0 - item.start;
-      for (int li = 0; li < lines; ++li) krows[li] += column0, vrows[li] += column0 * vstride;
+      for (int li = 0; li < lines; ++li) krows[li] = kslots[li] + column0, vrows[li] = vslots[li] + column0 * vstride;
 
       // While this task computes: its output rows, the next task's queries, and this task's
       // share (one strip's worth of positions, in every group of the band) of the key lines
@@ -803,10 +827,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         const index_t share = (item.span + item.strips - 1) / item.strips, j = (n - item.first) % item.strips;
         const index_t from = item.start + j * share, to = std::min(from + share, item.start + item.span);
         const index_t g0 = g / groups_per_band * groups_per_band, g1 = std::min(g0 + groups_per_band, d);
-        const int later = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
-                                   later_uses + max_lines);
         for (int li = 0; li < later; ++li) {
-          if (std::find(key_lines, key_lines + lines, later_lines[li]) != key_lines + lines) continue;
           const auto add = [&](index_t first, index_t step, index_t count) {
             upcoming.add_rows(k, b, hkv, later_lines[li] * len + first, step, count, false);
             upcoming.add_rows(v, b, hkv, later_lines[li] * len + first, step, count, false);
