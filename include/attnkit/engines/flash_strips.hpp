@@ -9,14 +9,16 @@
 ///
 /// Each worker keeps, for the band of strips it sweeps, the key lines their windows reach,
 /// built when first needed and kept in L2 while the sweep reuses them: K as transposed
-/// segments (one row of positions per channel), V as float rows in memory order. In q.k the
+/// segments (one row of positions per channel), V as float rows in memory order (float V with
+/// whole-vector rows is read in place instead). In q.k the
 /// keys of 16 window offsets come from two loads per segment row and a lane shift (valignd)
 /// each for interior strips, from a load and a permute each for border, causal and strided
 /// strips (see `lanes`). p.v runs per lane pair along the channels, the weights broadcast:
 /// neighbouring lanes' windows are one row apart (or equal, at a border), so each value row
 /// is loaded once for both, and neither V nor the outputs are transposed. Two strips on
-/// neighbouring lines share every K/V vector they both need (two FMAs per vector). The rows a later task reads from memory (queries, K/V
-/// rows, outputs) are prefetched a line at a time from the inner loops of the current one.
+/// neighbouring lines share every K/V vector they both need (two FMAs per vector). The rows a
+/// later task reads from memory (queries, K/V rows, outputs) are prefetched a line at a time
+/// from the inner loops of the current one.
 /// The window is small, so each strip's softmax is exact in two passes (scores, then
 /// max/exp/sum, then P.V), with no rescaling.
 #pragma once
@@ -365,7 +367,7 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
 /// line_rows[li] + first is lane r's first row on line li.
 template <int CB, bool Pair, int Shift, bool UseA, bool UseB>
 ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* const* line_rows, int lines,
-                                    index_t first, int offsets, index_t vstride, int r, index_t c0, float* oa,
+                                    index_t first, int offsets, index_t vrow, index_t vstride, int r, index_t c0, float* oa,
                                     float* ob, prefetch_queue::cursor& ahead) {
   constexpr int L = Pair ? 2 : 1;
   __m512 acc_a[L][CB], acc_b[L][CB];
@@ -380,7 +382,7 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const floa
     const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
       ahead.drip();
       __m512 v[CB];
-      for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_load_ps(rows + j * vstride + c * W))).data;
+      for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_loadu_ps(rows + j * vrow + c * W))).data;
       const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
         constexpr int Ln = decltype(l)::value;
         if constexpr (UseA) {
@@ -424,6 +426,7 @@ struct task_work {
   const std::uint8_t *uses_a, *uses_b;
   int lines, offsets, lanes;
   index_t segment, d, vstride;
+  index_t vrow;  // floats from one value row to the next: vstride in the line cache, else the tensor's
   const std::int32_t* idx;    // lane offsets, 64-byte aligned
   const std::int32_t* count;  // keys per lane, 64-byte aligned
   bool two, contiguous, full_windows;
@@ -512,20 +515,22 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
     const float* pb = t.sb + static_cast<std::size_t>(li * t.offsets) * W;
     const auto line = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
       for (int r = 0; r < t.lanes; r += 2) {
-        const std::int32_t shift = t.idx[r + 1] - t.idx[r];
+        // The lane after the last valid one has no window: its rows may lie past V's end.
+        const std::int32_t shift = r + 1 < t.lanes ? t.idx[r + 1] - t.idx[r] : -1;
         for (index_t c = 0; c < vectors;)
           c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
             const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
               pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, use_a, use_b>(
-                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vstride + c * W, t.offsets, t.vstride, lane, c * W, t.oa,
+                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W, t.oa,
                   t.ob, ahead);
             };
             if (shift == 1)  // interior
               lanes_from(std::true_type{}, std::integral_constant<int, 1>{}, r);
             else if (shift == 0)  // clamped at a border
               lanes_from(std::true_type{}, std::integral_constant<int, 0>{}, r);
-            else  // strided windows: one lane at a time
-              for (int l = r; l < r + 2; ++l) lanes_from(std::false_type{}, std::integral_constant<int, 0>{}, l);
+            else  // strided windows, or a last lane alone: one lane at a time
+              for (int l = r; l < std::min(r + 2, t.lanes); ++l)
+                lanes_from(std::false_type{}, std::integral_constant<int, 0>{}, l);
           });
       }
     };
@@ -712,6 +717,11 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.lead + it.span + margin + 15) / 16 * 16);
   const index_t vstride = (pb.dv + W - 1) / W * W;  // value rows and output tiles, whole vectors
+  // p.v reads float value rows of whole vectors in place: copying them into the line cache
+  // cost as much as reading them (7 x 7: 5% of the time), and p.v reads only rows inside
+  // the windows of valid lanes, so never past V's end.
+  bool v_in_place = false;
+  if constexpr (std::is_same_v<Vt, float>) v_in_place = v.stride(dim_axis) == 1 && pb.dv % W == 0;
   const index_t n_items = static_cast<index_t>(items.size());
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
@@ -723,7 +733,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     static thread_local line_cache kc, vc;
     static thread_local prefetch_queue upcoming;
     kc.reset(max_lines * groups_per_band, pb.d, segment);
-    vc.reset(max_lines * groups_per_band, vstride, segment);
+    if (!v_in_place) vc.reset(max_lines * groups_per_band, vstride, segment);
     upcoming.reset(queue_capacity);
     const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
     const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
@@ -797,9 +807,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         kc.lookup(tags, lines, n, kslots, [&](index_t tag, float* dst) {
           fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
         });
-        vc.lookup(tags, lines, n, vslots, [&](index_t tag, float* dst) {
-          fill_rows(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, vstride, dst);
-        });
+        if (!v_in_place)
+          vc.lookup(tags, lines, n, vslots, [&](index_t tag, float* dst) {
+            fill_rows(p, v, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, vstride, dst);
+          });
         later = 0;
         if (n + item.strips < item.last) {
           const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
@@ -810,7 +821,14 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         }
       }
       const index_t column0 = item.lead + start0 - item.start;
-      for (int li = 0; li < lines; ++li) krows[li] = kslots[li] + column0, vrows[li] = vslots[li] + column0 * vstride;
+      const index_t vrow = v_in_place ? d * v.stride(seq_axis) : vstride;
+      for (int li = 0; li < lines; ++li) {
+        krows[li] = kslots[li] + column0;
+        if (v_in_place)
+          vrows[li] = reinterpret_cast<const float*>(v.row(b, hkv, key_lines[li] * len + g + d * start0));
+        else
+          vrows[li] = vslots[li] + column0 * vstride;
+      }
 
       // While this task computes: its output rows, the next task's queries, and this task's
       // share (one strip's worth of positions, in every group of the band) of the key lines
@@ -843,7 +861,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
                                          pv_passes * (W / 2) * static_cast<std::size_t>(offsets + 1);  // per row of p.v
       const task_work work{qa,    qb,      sa,    sb,    oa,       ob,     krows,        vrows,
-                           uses_a, uses_b, lines, offsets, tk.a.lanes, segment, pb.d, vstride,
+                           uses_a, uses_b, lines, offsets, tk.a.lanes, segment, pb.d, vstride, vrow,
                            idx,   count,   two,   contiguous, full_windows, reach};
       V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
       compute_task(work, upcoming.start(static_cast<std::size_t>(lines) * drips_per_line), mx_a, sum_a, mx_b, sum_b);
