@@ -17,6 +17,28 @@
 
 namespace attnkit::detail::simd {
 
+/// Rows of another stream brought into cache while a kernel reads its own (at decode the
+/// hardware prefetchers follow one stream at a time): row j's cache lines are requested when
+/// the kernel reaches its key j. first == 0: none.
+struct rows_ahead {
+  std::uintptr_t first = 0;
+  index_t stride = 0, bytes = 0;  // in bytes
+  ATTNKIT_ALWAYS_INLINE void row(int j) const {
+    if (!first) return;
+    const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
+    for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
+  }
+  /// Rows [j0, j1) into L2 only: the tile kernels' chunks (tens of KiB) would crowd their own
+  /// rows out of L1.
+  ATTNKIT_ALWAYS_INLINE void rows_to_l2(int j0, int j1) const {
+    if (!first) return;
+    for (int j = j0; j < j1; ++j) {
+      const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
+      for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+    }
+  }
+};
+
 /// Pins a loaded vector in a register. GCC otherwise folds the load into every FMA that uses
 /// it (one load per FMA), which makes the load ports, not the FMA units, the limit.
 template <class V>
@@ -60,11 +82,17 @@ ATTNKIT_ALWAYS_INLINE void qk_block(const float* ATTNKIT_RESTRICT qt, const floa
     for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(s + m * G::Br + n * G::W);
 }
 
-/// s[j][0..Br) for the nkeys key rows at k (row stride ks, unit stride along depth).
+/// s[j][0..Br) for the nkeys key rows at k (row stride ks, unit stride along depth); requests
+/// the other stream's rows j as it reaches key j (ahead: the chunk's value rows).
 template <class G>
-inline void qk_tile(const float* qt, const float* k, index_t ks, index_t depth, int nkeys, float* s) {
+inline void qk_tile(const float* qt, const float* k, index_t ks, index_t depth, int nkeys, float* s,
+                    const rows_ahead& ahead = {}) {
   int j = 0;
-  for (; j + G::MR <= nkeys; j += G::MR) qk_block<G, G::MR>(qt, k + j * ks, ks, depth, s + j * G::Br);
+  for (; j + G::MR <= nkeys; j += G::MR) {
+    ahead.rows_to_l2(j, j + G::MR);
+    qk_block<G, G::MR>(qt, k + j * ks, ks, depth, s + j * G::Br);
+  }
+  ahead.rows_to_l2(j, nkeys);
   with_count<G::MR - 1>(nkeys - j, [&](auto m) { qk_block<G, decltype(m)::value>(qt, k + j * ks, ks, depth, s + j * G::Br); });
 }
 
@@ -87,11 +115,17 @@ ATTNKIT_ALWAYS_INLINE void pv_block(const float* ATTNKIT_RESTRICT p, int nkeys, 
     for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(ot + m * G::Br + n * G::W);
 }
 
-/// ot[c][0..Br) += sum_j v[j][c] p[j][0..Br) for c < width, over nkeys value rows.
+/// ot[c][0..Br) += sum_j v[j][c] p[j][0..Br) for c < width, over nkeys value rows; requests
+/// `ahead_rows` rows of the other stream (the next chunk's keys), spread over the passes.
 template <class G>
-inline void pv_tile(const float* p, int nkeys, const float* v, index_t vs, index_t width, float* ot) {
+inline void pv_tile(const float* p, int nkeys, const float* v, index_t vs, index_t width, float* ot,
+                    const rows_ahead& ahead = {}, int ahead_rows = 0) {
+  const index_t passes = std::max<index_t>(1, width / G::MR);
   index_t c = 0;
-  for (; c + G::MR <= width; c += G::MR) pv_block<G, G::MR>(p, nkeys, v + c, vs, ot + c * G::Br);
+  for (index_t pass = 0; c + G::MR <= width; c += G::MR, ++pass) {
+    ahead.rows_to_l2(static_cast<int>(pass * ahead_rows / passes), static_cast<int>((pass + 1) * ahead_rows / passes));
+    pv_block<G, G::MR>(p, nkeys, v + c, vs, ot + c * G::Br);
+  }
   with_count<G::MR - 1>(static_cast<int>(width - c),
                         [&](auto m) { pv_block<G, decltype(m)::value>(p, nkeys, v + c, vs, ot + c * G::Br); });
 }
@@ -112,18 +146,6 @@ inline void pv_tile(const float* p, int nkeys, const float* v, index_t vs, index
 
 namespace attnkit::detail::simd {
 
-/// Rows of another stream brought into cache while a kernel reads its own (at decode the
-/// hardware prefetchers follow one stream at a time): row j's cache lines are requested when
-/// the kernel reaches its key j. first == 0: none.
-struct rows_ahead {
-  std::uintptr_t first = 0;
-  index_t stride = 0, bytes = 0;  // in bytes
-  ATTNKIT_ALWAYS_INLINE void row(int j) const {
-    if (!first) return;
-    const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
-    for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
-  }
-};
 
 /// Lane i of the result is the sum of the lanes of rows[i].
 template <class Arch>
