@@ -18,8 +18,8 @@
 /// (4*B*Hq*Nq*Nk*D per call, exactly half for causal) and "roof_ratio"; decode reports
 /// "GBps" (bytes of K and V read: B*Hkv*Nk*(D+Dv)*sizeof(float)) and "bw_ratio", the
 /// latter over the bandwidth of read passes run right before and after the timed decode
-/// steps ("paired_bw_GBps":
-/// this host's bandwidth swings by 2x over seconds, see paired_bandwidth).
+/// steps ("paired_bw_GBps": this host's bandwidth swings by 2x between runs, see
+/// paired_bandwidth).
 /// Every family also has a "tiny" version for CI:
 ///
 ///   bench_softmax --benchmark_filter=tiny --benchmark_min_time=0.01

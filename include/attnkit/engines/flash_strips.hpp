@@ -10,15 +10,15 @@
 /// Each worker keeps, for the band of strips it sweeps, the key lines their windows reach,
 /// built when first needed and kept in L2 while the sweep reuses them: K as transposed
 /// segments (one row of positions per channel), V as float rows in memory order (float V with
-/// whole-vector rows is read in place instead). In q.k the
-/// keys of 16 window offsets come from two loads per segment row and a lane shift (valignd)
-/// each for interior strips, from a load and a permute each for border, causal and strided
-/// strips (see `lanes`). p.v runs per lane pair along the channels, the weights broadcast:
-/// neighbouring lanes' windows are one row apart (or equal, at a border), so each value row
-/// is loaded once for both, and neither V nor the outputs are transposed. Two strips on
-/// neighbouring lines share every K/V vector they both need (two FMAs per vector). The rows a
-/// later task reads from memory (queries, K/V rows, outputs) are prefetched a line at a time
-/// from the inner loops of the current one.
+/// whole-vector rows is read in place instead). In q.k the keys of 16 window offsets come
+/// from two loads per segment row and a lane shift (valignd) each for interior strips, from
+/// a load and a permute each for border, causal and strided strips (see `lanes`). p.v runs
+/// per lane pair along the channels, the weights broadcast: neighbouring lanes' windows are
+/// one row apart (or equal, at a border), so each value row is loaded once for both, and
+/// neither V nor the outputs are transposed. Two strips on neighbouring lines share every K/V
+/// vector they both need (two FMAs per vector). The rows a later task reads from memory
+/// (queries, K/V rows, outputs) are prefetched a line at a time from the inner loops of the
+/// current one.
 /// The window is small, so each strip's softmax is exact in two passes (scores, then
 /// max/exp/sum, then P.V), with no rescaling.
 #pragma once
@@ -367,8 +367,8 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float
 /// line_rows[li] + first is lane r's first row on line li.
 template <int CB, bool Pair, int Shift, bool UseA, bool UseB>
 ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* const* line_rows, int lines,
-                                    index_t first, int offsets, index_t vrow, index_t vstride, int r, index_t c0, float* oa,
-                                    float* ob, prefetch_queue::cursor& ahead) {
+                                    index_t first, int offsets, index_t vrow, index_t vstride, int r, index_t c0,
+                                    float* oa, float* ob, prefetch_queue::cursor& ahead) {
   constexpr int L = Pair ? 2 : 1;
   __m512 acc_a[L][CB], acc_b[L][CB];
   for (int l = 0; l < L; ++l)
@@ -521,8 +521,8 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
           c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
             const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
               pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, use_a, use_b>(
-                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W, t.oa,
-                  t.ob, ahead);
+                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W,
+                  t.oa, t.ob, ahead);
             };
             if (shift == 1)  // interior
               lanes_from(std::true_type{}, std::integral_constant<int, 1>{}, r);
@@ -717,9 +717,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.lead + it.span + margin + 15) / 16 * 16);
   const index_t vstride = (pb.dv + W - 1) / W * W;  // value rows and output tiles, whole vectors
-  // p.v reads float value rows of whole vectors in place: copying them into the line cache
-  // cost as much as reading them (7 x 7: 5% of the time), and p.v reads only rows inside
-  // the windows of valid lanes, so never past V's end.
+  // p.v reads float value rows of whole vectors in place (copying them into the line cache
+  // was 3-5% of the time); it reads only rows inside the windows of valid lanes, so never
+  // past V's end.
   bool v_in_place = false;
   if constexpr (std::is_same_v<Vt, float>) v_in_place = v.stride(dim_axis) == 1 && pb.dv % W == 0;
   const index_t n_items = static_cast<index_t>(items.size());

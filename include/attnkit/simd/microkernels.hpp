@@ -146,7 +146,6 @@ inline void pv_tile(const float* p, int nkeys, const float* v, index_t vs, index
 
 namespace attnkit::detail::simd {
 
-
 /// Lane i of the result is the sum of the lanes of rows[i].
 template <class Arch>
 ATTNKIT_ALWAYS_INLINE vec<Arch> transpose_sum(const vec<Arch>* rows) {
