@@ -23,18 +23,18 @@ namespace attnkit::detail::simd {
 struct rows_ahead {
   std::uintptr_t first = 0;
   index_t stride = 0, bytes = 0;  // in bytes
-  ATTNKIT_ALWAYS_INLINE void row(int j) const {
-    if (!first) return;
-    const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
-    for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
-  }
+  ATTNKIT_ALWAYS_INLINE void row(int j) const { request<3>(j, j + 1); }
   /// Rows [j0, j1) into L2 only: the tile kernels' chunks (tens of KiB) would crowd their own
   /// rows out of L1.
-  ATTNKIT_ALWAYS_INLINE void rows_to_l2(int j0, int j1) const {
+  ATTNKIT_ALWAYS_INLINE void rows_to_l2(int j0, int j1) const { request<2>(j0, j1); }
+
+ private:
+  template <int Locality>  // __builtin_prefetch's: 3 all cache levels, 2 from L2 out
+  ATTNKIT_ALWAYS_INLINE void request(int j0, int j1) const {
     if (!first) return;
     for (int j = j0; j < j1; ++j) {
       const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
-      for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+      for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, Locality);
     }
   }
 };
