@@ -15,10 +15,11 @@
 /// a load and a permute each for border, causal and strided strips (see `lanes`). p.v runs
 /// per lane pair along the channels, the weights broadcast: neighbouring lanes' windows are
 /// one row apart (or equal, at a border), so each value row is loaded once for both, and
-/// neither V nor the outputs are transposed. Two strips on neighbouring lines share every K/V
-/// vector they both need (two FMAs per vector). The rows a later task reads from memory
-/// (queries, K/V rows, outputs) are prefetched a line at a time from the inner loops of the
-/// current one.
+/// neither V nor the outputs are transposed. A task holds up to three strips on neighbouring
+/// lines, which share every K vector and value row they use (up to three FMAs per key vector;
+/// three strips sped 13 x 13 and 3 x 7 x 7 windows up 4-6% over two). The rows a later task
+/// reads from memory (queries, K/V rows, outputs) are prefetched a line at a time from the
+/// inner loops of the current one.
 /// The window is small, so each strip's softmax is exact in two passes (scores, then
 /// max/exp/sum, then P.V), with no rescaling.
 #pragma once
@@ -328,55 +329,49 @@ ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row) {
   _mm_prefetch(reinterpret_cast<const char*>(row + 2 * W - 1), _MM_HINT_T0);
 }
 
-/// Scores of one key line for window offsets [o0, o0 + OB): s[o][lane] = sum_c q[c][lane] *
-/// key(o)[c][lane], for strip a and, when Two, strip b (sharing each key vector).
-template <int OB, bool Two, lanes L>
-ATTNKIT_ALWAYS_INLINE void qk_line(const float* qa, const float* qb, const float* krow, index_t padded, index_t depth,
-                                   __m512i idx, int o0, float* sa, float* sb, prefetch_queue::cursor& ahead) {
-  __m512 acc_a[OB], acc_b[Two ? OB : 1];
-  for (int o = 0; o < OB; ++o) {
-    acc_a[o] = _mm512_setzero_ps();
-    if constexpr (Two) acc_b[o] = _mm512_setzero_ps();
-  }
+/// Scores of one key line for window offsets [o0, o0 + OB), for N strips sharing each key
+/// vector: s[n][o][lane] = sum_c q[n][c][lane] * key(o)[c][lane].
+template <int OB, int N, lanes L>
+ATTNKIT_ALWAYS_INLINE void qk_line(const float* const* q, const float* krow, index_t padded, index_t depth, __m512i idx,
+                                   int o0, float* const* s, prefetch_queue::cursor& ahead) {
+  __m512 acc[N][OB];
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < OB; ++o) acc[n][o] = _mm512_setzero_ps();
   for (index_t c = 0; c < depth; ++c) {
     const float* kr = krow + c * padded + o0;
     prefetch_rows_ahead(kr + prefetch_distance * padded);
     ahead.drip();
-    const __m512 q_a = simd::in_register(V(_mm512_load_ps(qa + c * W))).data;
-    [[maybe_unused]] __m512 q_b = q_a;
-    if constexpr (Two) q_b = simd::in_register(V(_mm512_load_ps(qb + c * W))).data;
+    __m512 qc[N];
+    for (int n = 0; n < N; ++n) qc[n] = simd::in_register(V(_mm512_load_ps(q[n] + c * W))).data;
     const row_keys<L> keys(kr);
     static_for<OB>([&](auto o) ATTNKIT_INLINE_LAMBDA {
       constexpr int O = decltype(o)::value;
-      const __m512 k = keys.template at<O>(idx);  // two FMAs per key vector
-      acc_a[O] = _mm512_fmadd_ps(q_a, k, acc_a[O]);
-      if constexpr (Two) acc_b[O] = _mm512_fmadd_ps(q_b, k, acc_b[O]);
+      const __m512 k = keys.template at<O>(idx);  // N FMAs per key vector
+      for (int n = 0; n < N; ++n) acc[n][O] = _mm512_fmadd_ps(qc[n], k, acc[n][O]);
     });
   }
-  for (int o = 0; o < OB; ++o) {
-    _mm512_store_ps(sa + (o0 + o) * W, acc_a[o]);
-    if constexpr (Two) _mm512_store_ps(sb + (o0 + o) * W, acc_b[o]);
-  }
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < OB; ++o) _mm512_store_ps(s[n] + (o0 + o) * W, acc[n][o]);
 }
 
 /// Adds the share of key lines [0, lines) to output channels [c0, c0 + 16 CB) of lane r and,
-/// when Pair, lane r + 1 of strip a (when UseA) and strip b (when UseB), from value rows in
-/// memory order: o[lane][c] += sum over lines and offsets of p[line][o][lane] *
-/// v(line, idx[lane] + o)[c], the weights broadcast. Lane r + 1 starts Shift (0 or 1) rows
-/// after lane r, so each value row is loaded once for the lanes of both strips that use it;
-/// line_rows[li] + first is lane r's first row on line li.
-template <int CB, bool Pair, int Shift, bool UseA, bool UseB>
-ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const float* const* line_rows, int lines,
-                                    index_t first, int offsets, index_t vrow, index_t vstride, int r, index_t c0,
-                                    float* oa, float* ob, prefetch_queue::cursor& ahead) {
+/// when Pair, lane r + 1 of N strips, from value rows in memory order: o[n][lane][c] += sum
+/// over lines and offsets of p[n][line][o][lane] * v(line, idx[lane] + o)[c], the weights
+/// broadcast. Lane r + 1 starts Shift (0 or 1) rows after lane r, so each value row is loaded
+/// once for the lanes of all strips that use it; line_rows[li] + first is lane r's first row
+/// on line li.
+template <int CB, bool Pair, int Shift, int N>
+ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* const* p, const float* const* line_rows, int lines, index_t first,
+                                    int offsets, index_t vrow, index_t vstride, int r, index_t c0, float* const* out,
+                                    prefetch_queue::cursor& ahead) {
   constexpr int L = Pair ? 2 : 1;
-  __m512 acc_a[L][CB], acc_b[L][CB];
+  __m512 acc[L][N][CB];
   for (int l = 0; l < L; ++l)
-    for (int c = 0; c < CB; ++c) {
-      if constexpr (UseA) acc_a[l][c] = _mm512_load_ps(oa + (r + l) * vstride + c0 + c * W);
-      if constexpr (UseB) acc_b[l][c] = _mm512_load_ps(ob + (r + l) * vstride + c0 + c * W);
-    }
-  for (int li = 0; li < lines; ++li, pa += offsets * W, pb += offsets * W) {
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < CB; ++c) acc[l][n][c] = _mm512_load_ps(out[n] + (r + l) * vstride + c0 + c * W);
+  const float* pl[N];
+  for (int n = 0; n < N; ++n) pl[n] = p[n];
+  for (int li = 0; li < lines; ++li) {
     const float* rows = line_rows[li] + first;
     // Row j: lane r at offset j, lane r + 1 at offset j - Shift.
     const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
@@ -385,13 +380,9 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const floa
       for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_loadu_ps(rows + j * vrow + c * W))).data;
       const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
         constexpr int Ln = decltype(l)::value;
-        if constexpr (UseA) {
-          const __m512 w = _mm512_set1_ps(pa[o * W + r + Ln]);
-          for (int c = 0; c < CB; ++c) acc_a[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_a[Ln][c]);
-        }
-        if constexpr (UseB) {
-          const __m512 w = _mm512_set1_ps(pb[o * W + r + Ln]);
-          for (int c = 0; c < CB; ++c) acc_b[Ln][c] = _mm512_fmadd_ps(w, v[c], acc_b[Ln][c]);
+        for (int n = 0; n < N; ++n) {
+          const __m512 w = _mm512_set1_ps(pl[n][o * W + r + Ln]);
+          for (int c = 0; c < CB; ++c) acc[Ln][n][c] = _mm512_fmadd_ps(w, v[c], acc[Ln][n][c]);
         }
       };
       if constexpr (decltype(first_lane)::value) lane(std::integral_constant<int, 0>{}, j);
@@ -406,35 +397,49 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* pa, const float* pb, const floa
     } else {
       for (int j = 0; j < offsets; ++j) row(j, yes, std::integral_constant<bool, Pair>{});
     }
+    for (int n = 0; n < N; ++n) pl[n] += offsets * W;
   }
   for (int l = 0; l < L; ++l)
-    for (int c = 0; c < CB; ++c) {
-      if constexpr (UseA) _mm512_store_ps(oa + (r + l) * vstride + c0 + c * W, acc_a[l][c]);
-      if constexpr (UseB) _mm512_store_ps(ob + (r + l) * vstride + c0 + c * W, acc_b[l][c]);
-    }
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < CB; ++c) _mm512_store_ps(out[n] + (r + l) * vstride + c0 + c * W, acc[l][n][c]);
+}
+
+/// Strips per task, on neighbouring lines of the pair axis: each key vector of q.k and each
+/// value row of p.v serves up to this many strips. Three fit the registers (3 x 7 q.k
+/// accumulators; 2 lanes x 3 strips x 4 vectors in p.v).
+inline constexpr int strips_per_task = 3;
+
+/// Calls f(std::integral_constant<int, N>) for N = n in [1, strips_per_task].
+template <class F>
+ATTNKIT_ALWAYS_INLINE void with_strip_count(int n, F&& f) {
+  static_assert(strips_per_task >= 1 && strips_per_task <= 3, "one to three strips per task");
+  if (n == 1) f(std::integral_constant<int, 1>{});
+  if constexpr (strips_per_task >= 2)
+    if (n == 2) f(std::integral_constant<int, 2>{});
+  if constexpr (strips_per_task >= 3)
+    if (n == 3) f(std::integral_constant<int, 3>{});
 }
 
 /// The float work of one task once its queries are packed and its K/V lines cached: scores,
-/// softmax and (unnormalised) p.v of both strips. It depends on neither the element types nor the
-/// rank, and is not inlined: one copy of the unrolled kernels serves every instantiation of
+/// softmax and (unnormalised) p.v of its strips. It depends on neither the element types nor
+/// the rank, and is not inlined: one copy of the unrolled kernels serves every instantiation of
 /// run() (inlined into each, they multiplied the compile time tenfold).
 struct task_work {
-  const float *qa, *qb;
-  float *sa, *sb, *oa, *ob;
+  std::array<const float*, strips_per_task> q;  // packed queries, transposed
+  std::array<float*, strips_per_task> s, o;     // scores (lines x offsets x lanes), outputs (lanes x vstride)
   const float* const* krows;
   const float* const* vrows;
-  const std::uint8_t *uses_a, *uses_b;
-  int lines, offsets, lanes;
+  const std::uint8_t* uses;  // per line, bit n: strip n keeps keys on it
+  int strips, lines, offsets, lanes;
   index_t segment, d, vstride;
   index_t vrow;  // floats from one value row to the next: vstride in the line cache, else the tensor's
   const std::int32_t* idx;    // lane offsets, 64-byte aligned
   const std::int32_t* count;  // keys per lane, 64-byte aligned
-  bool two, contiguous, full_windows;
+  bool contiguous, full_windows;
   std::int32_t reach;  // the largest lane offset
 };
 
-ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor ahead, V& mx_a, V& sum_a, V& mx_b,
-                                          V& sum_b) {
+ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor ahead, V* max_out, V* sum_out) {
   const __m512i perm = _mm512_load_si512(t.idx);
   const auto with_lanes = [&](auto&& f) {
     if (t.contiguous)
@@ -444,36 +449,49 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
     else
       f(std::integral_constant<lanes, lanes::permuted_far>{});
   };
+  // The strips that use line li, and their count.
+  const auto users = [&](int li, int* which) {
+    int n = 0;
+    for (int s = 0; s < t.strips; ++s)
+      if (t.uses[li] >> s & 1) which[n++] = s;
+    return n;
+  };
 
-  // Scores, line by line (a line only one strip uses costs only that strip).
+  // Scores, line by line (a line costs only the strips that use it).
   with_lanes([&](auto kind) {
     constexpr lanes L = decltype(kind)::value;
     for (int li = 0; li < t.lines; ++li) {
-      float* la = t.sa + static_cast<std::size_t>(li * t.offsets * W);
-      float* lb = t.sb + static_cast<std::size_t>(li * t.offsets * W);
-      for (int o0 = 0; o0 < t.offsets;)
-        o0 += largest_block<max_offset_block, 11, 9, 7, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) {
-          constexpr int M = decltype(m)::value;
-          if (t.uses_a[li] && t.uses_b[li])
-            qk_line<M, true, L>(t.qa, t.qb, t.krows[li], t.segment, t.d, perm, o0, la, lb, ahead);
-          else if (t.uses_a[li])
-            qk_line<M, false, L>(t.qa, t.qb, t.krows[li], t.segment, t.d, perm, o0, la, lb, ahead);
+      int which[strips_per_task];
+      const float* q[strips_per_task];
+      float* s[strips_per_task];
+      const int n = users(li, which);
+      for (int i = 0; i < n; ++i)
+        q[i] = t.q[which[i]], s[i] = t.s[which[i]] + static_cast<std::size_t>(li * t.offsets * W);
+      with_strip_count(n, [&](auto strips) {
+        constexpr int N = decltype(strips)::value;
+        const auto pass = [&](int o0, auto m) ATTNKIT_INLINE_LAMBDA {
+          qk_line<decltype(m)::value, N, L>(q, t.krows[li], t.segment, t.d, perm, o0, s, ahead);
+        };
+        // Up to 2 x 13 or 3 x 7 accumulators.
+        for (int o0 = 0; o0 < t.offsets;)
+          if constexpr (N <= 2)
+            o0 += largest_block<max_offset_block, 11, 9, 7, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) { pass(o0, m); });
           else
-            qk_line<M, false, L>(t.qb, t.qa, t.krows[li], t.segment, t.d, perm, o0, lb, la, ahead);
-        });
+            o0 += largest_block<7, 6, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) { pass(o0, m); });
+      });
     }
   });
 
   // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
   // the lines a strip does not use).
   const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(t.count)));
-  // Locals, not the caller's references: the score stores could alias those, and the
-  // compiler kept the running max and sum in memory (a store-to-load chain per vector).
-  const auto softmax = [lane_count, lines = t.lines, offsets = t.offsets, full = t.full_windows](
-                           float* s, const std::uint8_t* uses, V& max_out, V& sum_out) {
+  // Locals, not t's fields nor the caller's arrays: the score stores could alias those, and the
+  // compiler reloaded them per vector (a store-to-load chain through the exponentials).
+  const auto softmax = [lane_count, lines = t.lines, offsets = t.offsets, full = t.full_windows, uses = t.uses](
+                           float* s, int sn, V& max_out, V& sum_out) {
     V mx(neg_inf);
     for (int li = 0; li < lines; ++li) {
-      if (!uses[li]) continue;
+      if (!(uses[li] >> sn & 1)) continue;
       float* sl = s + static_cast<std::size_t>(li * offsets) * W;
       for (int oo = 0; oo < offsets; ++oo) {
         V x = V::load_aligned(sl + oo * W);
@@ -486,7 +504,7 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
     }
     V sum(0.f);
     for (int li = 0; li < lines; ++li) {
-      if (!uses[li]) continue;  // p.v skips this strip on this line
+      if (!(uses[li] >> sn & 1)) continue;  // p.v skips this strip on this line
       float* sl = s + static_cast<std::size_t>(li * offsets) * W;
       for (int oo = 0; oo < offsets; ++oo) {
         const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(sl + oo * W) - mx);
@@ -496,33 +514,35 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
     }
     max_out = mx, sum_out = sum;
   };
-  softmax(t.sa, t.uses_a, mx_a, sum_a);
-  if (t.two) softmax(t.sb, t.uses_b, mx_b, sum_b);
+  for (int sn = 0; sn < t.strips; ++sn) softmax(t.s[sn], sn, max_out[sn], sum_out[sn]);
 
   // P.V, lanes in pairs: their rows are value rows in memory order, read once for both lanes
-  // of both strips (no transposes of V or of the outputs). Lines go in groups of up to four
+  // of all strips (no transposes of V or of the outputs). Lines go in groups of up to four
   // that the same strips use: the accumulators are loaded and stored once per group, and the
   // group's value rows stay in L1 for all its lanes. Outputs are normalised when written.
   constexpr int group_lines = 4;
-  std::fill(t.oa, t.oa + t.lanes * t.vstride, 0.f);
-  if (t.two) std::fill(t.ob, t.ob + t.lanes * t.vstride, 0.f);
+  for (int sn = 0; sn < t.strips; ++sn) std::fill(t.o[sn], t.o[sn] + t.lanes * t.vstride, 0.f);
   const index_t vectors = t.vstride / W;
   for (int li = 0, n = 1; li < t.lines; li += n) {
     n = 1;
-    while (li + n < t.lines && n < group_lines && t.uses_a[li + n] == t.uses_a[li] && t.uses_b[li + n] == t.uses_b[li])
-      ++n;
-    const float* pa = t.sa + static_cast<std::size_t>(li * t.offsets) * W;
-    const float* pb = t.sb + static_cast<std::size_t>(li * t.offsets) * W;
-    const auto line = [&](auto use_a, auto use_b) ATTNKIT_INLINE_LAMBDA {
+    while (li + n < t.lines && n < group_lines && t.uses[li + n] == t.uses[li]) ++n;
+    int which[strips_per_task];
+    const float* p[strips_per_task];
+    float* out[strips_per_task];
+    const int users_n = users(li, which);
+    for (int i = 0; i < users_n; ++i)
+      p[i] = t.s[which[i]] + static_cast<std::size_t>(li * t.offsets) * W, out[i] = t.o[which[i]];
+    with_strip_count(users_n, [&](auto strips) {
+      constexpr int N = decltype(strips)::value;
       for (int r = 0; r < t.lanes; r += 2) {
         // The lane after the last valid one has no window: its rows may lie past V's end.
         const std::int32_t shift = r + 1 < t.lanes ? t.idx[r + 1] - t.idx[r] : -1;
         for (index_t c = 0; c < vectors;)
           c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
             const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
-              pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, use_a, use_b>(
-                  pa, pb, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W,
-                  t.oa, t.ob, ahead);
+              pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, N>(
+                  p, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W, out,
+                  ahead);
             };
             if (shift == 1)  // interior
               lanes_from(std::true_type{}, std::integral_constant<int, 1>{}, r);
@@ -533,13 +553,7 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
                 lanes_from(std::false_type{}, std::integral_constant<int, 0>{}, l);
           });
       }
-    };
-    if (t.uses_a[li] && t.uses_b[li])
-      line(std::true_type{}, std::true_type{});
-    else if (t.uses_a[li])
-      line(std::true_type{}, std::false_type{});
-    else if (t.uses_b[li])
-      line(std::false_type{}, std::true_type{});
+    });
   }
 }
 
@@ -550,11 +564,13 @@ struct strip {
   int lanes = 0;               // valid lanes
 };
 
-/// A work item: a query head and one strip, or two strips on neighbouring lines of one
-/// dilation group of the second-to-last axis (Rank >= 2), which share their K/V loads.
+/// A work item: a query head and up to strips_per_task strips on neighbouring lines of one
+/// dilation group of the pair axis (the second-to-last, Rank >= 2), which share their K/V
+/// loads; they differ only in their coordinate on that axis.
 struct task {
   index_t hq;
-  strip a, b;  // b.lanes == 0: a alone
+  std::array<strip, strips_per_task> s;
+  int strips;
 };
 
 /// Runs neighborhood attention on strips; p must be applicable().
@@ -618,14 +634,16 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             for (const strip& st : bands_of_group[static_cast<std::size_t>(g)][k]) bands_of_line.back().push_back(st);
       }
 
-    // Pairs of lines along the pair axis, in sweep order.
-    std::vector<std::pair<index_t, index_t>> steps;
+    // Neighbouring lines of one dilation group along the pair axis, strips_per_task at a
+    // time, in sweep order (the first coordinate of each step; the rest follow by dy).
+    std::vector<std::pair<index_t, int>> steps;  // first line, lines
     if constexpr (Rank == 1) {
-      steps.emplace_back(0, -1);
+      steps.emplace_back(0, 1);
     } else {
       const index_t ly = p.shape[pair_axis], dy = p.dilation[pair_axis];
       for (index_t gy = 0; gy < dy; ++gy)
-        for (index_t y = gy; y < ly; y += 2 * dy) steps.emplace_back(y, y + dy < ly ? y + dy : -1);
+        for (index_t y = gy; y < ly; y += strips_per_task * dy)
+          steps.emplace_back(y, static_cast<int>(std::min<index_t>(strips_per_task, (ly - y + dy - 1) / dy)));
     }
     index_t outer_lines = 1;  // lines of the axes before the pair axis
     for (int a = 0; a < pair_axis; ++a) outer_lines *= p.shape[a];
@@ -661,10 +679,12 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
               for (strip st : strips_of_band) {
                 index_t rest = line;
                 for (int a = pair_axis - 1; a >= 0; --a) st.x[a] = rest % p.shape[a], rest /= p.shape[a];
-                task t{h, st, st};
-                const auto [ya, yb] = steps[static_cast<std::size_t>(si)];
-                if (pair_axis >= 0) t.a.x[pair_axis] = ya, t.b.x[pair_axis] = yb;
-                if (yb < 0) t.b.lanes = 0;
+                const auto [y, count] = steps[static_cast<std::size_t>(si)];
+                task t{h, {}, count};
+                for (int n = 0; n < count; ++n) {
+                  t.s[n] = st;
+                  if constexpr (pair_axis >= 0) t.s[n].x[pair_axis] = y + n * p.dilation[pair_axis];
+                }
                 tasks.push_back(t);
               }
             item.last = static_cast<index_t>(tasks.size());
@@ -673,36 +693,40 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         }
   }
 
-  // Scratch per worker: packed Q and output of both strips, scores of both, key-row pointers.
-  index_t max_lines = 1;  // key lines of a strip pair: two windows on the pair axis overlap but for a stride
-  for (int a = 0; a < last; ++a) max_lines *= p.kernel[a] + (a == pair_axis ? p.stride[a] : 0);
+  // Scratch per worker: packed Q, output and scores of each strip, key-row pointers.
+  index_t max_lines = 1;  // key lines of a task: its windows on the pair axis start at most a stride apart, twice
+  for (int a = 0; a < last; ++a) max_lines *= p.kernel[a] + (a == pair_axis ? (strips_per_task - 1) * p.stride[a] : 0);
   const int offsets = static_cast<int>(p.kernel[last]);
   const std::size_t score_floats = static_cast<std::size_t>(max_lines * offsets * W);
 
-  // Key lines of a task: the union box of both strips' windows on the axes before the last;
-  // which strip uses each line goes to uses_a / uses_b.
-  const auto lines_of = [&](const task& tk, index_t* key_lines, std::uint8_t* uses_a, std::uint8_t* uses_b) {
-    const bool two = tk.b.lanes > 0;
-    std::array<axis_window, 3> wa{}, wb{};
-    for (int a = 0; a < last; ++a) wa[a] = window(a, tk.a.x[a]), wb[a] = two ? window(a, tk.b.x[a]) : wa[a];
-    int lines = 0;
-    std::array<index_t, 3> vline{};
-    for (int a = 0; a < last; ++a) vline[a] = std::min(wa[a].start, wb[a].start);
-    while (true) {
-      std::array<index_t, 3> y{};
-      bool in_a = true, in_b = two;
-      for (int a = 0; a < last; ++a) {
-        y[a] = wa[a].group + p.dilation[a] * vline[a];
-        in_a = in_a && wa[a].start <= vline[a] && vline[a] < wa[a].end;
-        in_b = in_b && wb[a].start <= vline[a] && vline[a] < wb[a].end;
+  // Key lines of a task: the union box of its strips' windows on the axes before the last;
+  // bit n of uses[line] says whether strip n keeps keys on it.
+  const auto lines_of = [&](const task& tk, index_t* key_lines, std::uint8_t* uses) {
+    std::array<std::array<axis_window, 3>, strips_per_task> w{};
+    std::array<index_t, 3> first{}, end{};  // the union box, in in-group coordinates
+    for (int a = 0; a < last; ++a) {
+      first[a] = p.shape[a], end[a] = 0;
+      for (int n = 0; n < tk.strips; ++n) {
+        w[n][a] = window(a, tk.s[n].x[a]);
+        first[a] = std::min(first[a], w[n][a].start), end[a] = std::max(end[a], w[n][a].end);
       }
+    }
+    int lines = 0;
+    std::array<index_t, 3> vline = first;
+    while (true) {
       index_t key_line = 0;
-      for (int a = 0; a < last; ++a) key_line = key_line * p.shape[a] + y[a];
+      std::uint8_t bits = 0;
+      for (int a = 0; a < last; ++a) key_line = key_line * p.shape[a] + w[0][a].group + p.dilation[a] * vline[a];
+      for (int n = 0; n < tk.strips; ++n) {
+        bool in = true;
+        for (int a = 0; a < last; ++a) in = in && w[n][a].start <= vline[a] && vline[a] < w[n][a].end;
+        bits = static_cast<std::uint8_t>(bits | in << n);
+      }
       key_lines[lines] = key_line;
-      uses_a[lines] = in_a, uses_b[lines] = in_b;
+      uses[lines] = bits;
       ++lines;
       int a = last - 1;
-      while (a >= 0 && vline[a] + 1 == std::max(wa[a].end, wb[a].end)) vline[a] = std::min(wa[a].start, wb[a].start), --a;
+      while (a >= 0 && vline[a] + 1 == end[a]) vline[a] = first[a], --a;
       if (a < 0) break;
       ++vline[a];
     }
@@ -725,7 +749,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   const index_t n_items = static_cast<index_t>(items.size());
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
-  const std::size_t queue_capacity = 4 * W + static_cast<std::size_t>(2 * max_lines * segment);
+  const std::size_t queue_capacity = 2 * strips_per_task * W + static_cast<std::size_t>(2 * max_lines * segment);
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
     const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
     const band& item = items[static_cast<std::size_t>(work % n_items)];
@@ -737,12 +761,18 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     upcoming.reset(queue_capacity);
     const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
     const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
-    const std::size_t floats = 2 * qfl + 2 * ofl + 2 * score_floats + cfl;
+    const std::size_t floats = strips_per_task * (qfl + ofl + score_floats) + cfl;
     char* base = static_cast<char*>(thread_arena().reserve(
-        floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (4 * sizeof(float*) + 3 * sizeof(index_t) + 4)));
-    float *qa = reinterpret_cast<float*>(base), *qb = qa + qfl, *oa = qb + qfl, *ob = oa + ofl, *sa = ob + ofl,
-          *sb = sa + score_floats;
-    float* rowbuf = sb + score_floats;  // 16 rows converted to float (non-float inputs)
+        floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (4 * sizeof(float*) + 3 * sizeof(index_t) + 2)));
+    task_work work_of_task{};
+    float* next = reinterpret_cast<float*>(base);
+    std::array<float*, strips_per_task> packed_q{};
+    for (int n = 0; n < strips_per_task; ++n) {
+      packed_q[n] = next, work_of_task.q[n] = next, next += qfl;
+      work_of_task.o[n] = next, next += ofl;
+      work_of_task.s[n] = next, next += score_floats;
+    }
+    float* rowbuf = next;  // 16 rows converted to float (non-float inputs)
     const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
     const float** vrows = krows + max_lines;
     const float** kslots = vrows + max_lines;  // the cached lines of the current step
@@ -750,59 +780,53 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     index_t* key_lines = reinterpret_cast<index_t*>(vslots + max_lines);
     index_t* later_lines = key_lines + max_lines;  // of the next step, not in this one
     index_t* tags = later_lines + max_lines;        // cache tags: key line and dilation group
-    std::uint8_t* uses_a = reinterpret_cast<std::uint8_t*>(tags + max_lines);
-    std::uint8_t* uses_b = uses_a + max_lines;
-    std::uint8_t* later_uses = uses_b + max_lines;
+    std::uint8_t* uses = reinterpret_cast<std::uint8_t*>(tags + max_lines);
+    std::uint8_t* later_uses = uses + max_lines;
     // The strips of one step of the sweep share their key lines (they differ only along the
     // last axis): lines, cache slots and the next step's new lines are found once per step.
     int lines = 0, later = 0;
     const task* step_task = nullptr;
     const auto same_step = [&](const task& x, const task& y) {
-      if ((x.b.lanes > 0) != (y.b.lanes > 0)) return false;
-      for (int a = 0; a < last; ++a)
-        if (x.a.x[a] != y.a.x[a] || x.b.x[a] != y.b.x[a]) return false;
-      return x.a.x[last] % d == y.a.x[last] % d;  // one dilation group: one set of cache tags
+      if (x.strips != y.strips) return false;
+      for (int n = 0; n < x.strips; ++n)
+        for (int a = 0; a < last; ++a)
+          if (x.s[n].x[a] != y.s[n].x[a]) return false;
+      return x.s[0].x[last] % d == y.s[0].x[last] % d;  // one dilation group: one set of cache tags
     };
     for (index_t n = item.first; n < item.last; ++n) {
       const task& tk = tasks[static_cast<std::size_t>(n)];
       const index_t hq = hkv * pb.group + tk.hq;
-      const bool two = tk.b.lanes > 0;
+      const strip& first_strip = tk.s[0];
 
-      // Lanes: queries, their last-axis windows (shared by both strips), Q packed transposed.
+      // Lanes: their last-axis windows (shared by all strips), queries packed transposed.
       alignas(64) std::int32_t idx[W];
       alignas(64) std::int32_t count[W];
-      index_t token_a[W], token_b[W];
-      const index_t g = tk.a.x[last] % p.dilation[last];
+      const index_t g = first_strip.x[last] % p.dilation[last];
       index_t start0 = 0;
       bool contiguous = true;
       std::int32_t reach = 0;    // the largest idx
       bool full_windows = true;  // every lane keeps all offsets: no masking
       for (int r = 0; r < W; ++r) {
-        const int lane = std::min(r, tk.a.lanes - 1);
-        std::array<index_t, 3> xa = tk.a.x, xb = tk.b.x;
-        xa[last] += p.dilation[last] * lane, xb[last] = xa[last];
-        const axis_window w = window(last, xa[last]);
+        const int lane = std::min(r, first_strip.lanes - 1);
+        const axis_window w = window(last, first_strip.x[last] + p.dilation[last] * lane);
         if (r == 0) start0 = w.start;
-        idx[r] = static_cast<std::int32_t>(r < tk.a.lanes ? w.start - start0 : r);
+        idx[r] = static_cast<std::int32_t>(r < first_strip.lanes ? w.start - start0 : r);
         count[r] = static_cast<std::int32_t>(w.end - w.start);
         full_windows = full_windows && count[r] == p.kernel[last];
         contiguous = contiguous && idx[r] == r;
         reach = std::max(reach, idx[r]);
-        token_a[r] = flatten(xa);
-        token_b[r] = two ? flatten(xb) : 0;
       }
-      const auto pack = [&](const strip& st, float* dst) {
+      for (int sn = 0; sn < tk.strips; ++sn) {
         index_t row_stride;
-        const float* rows = rows_as_float(q, b, hq, flatten(st.x), p.dilation[last], st.lanes, rowbuf, row_stride);
-        transpose_rows(rows, row_stride, st.lanes, pb.d, pb.scale2, dst, W);
-      };
-      pack(tk.a, qa);
-      if (two) pack(tk.b, qb);
+        const float* rows =
+            rows_as_float(q, b, hq, flatten(tk.s[sn].x), p.dilation[last], first_strip.lanes, rowbuf, row_stride);
+        transpose_rows(rows, row_stride, first_strip.lanes, pb.d, pb.scale2, packed_q[sn], W);
+      }
 
       const bool new_step = !step_task || !same_step(*step_task, tk);
       if (new_step) {
         step_task = &tk;
-        lines = lines_of(tk, key_lines, uses_a, uses_b);
+        lines = lines_of(tk, key_lines, uses);
         for (int li = 0; li < lines; ++li) tags[li] = key_lines[li] * d + g;
         kc.lookup(tags, lines, n, kslots, [&](index_t tag, float* dst) {
           fill_segment(p, k, b, hkv, tag / d, g, item.start, item.span, item.lead, segment, rowbuf, dst);
@@ -813,8 +837,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           });
         later = 0;
         if (n + item.strips < item.last) {
-          const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses,
-                                          later_uses + max_lines);
+          const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses);
           for (int li = 0; li < next_lines; ++li)
             if (std::find(key_lines, key_lines + lines, later_lines[li]) == key_lines + lines)
               later_lines[later++] = later_lines[li];
@@ -834,12 +857,11 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       // share (one strip's worth of positions, in every group of the band) of the key lines
       // its strip on the next lines adds to the sweep.
       upcoming.clear();
-      upcoming.add_rows(out, b, hq, token_a[0], d, tk.a.lanes, true);
-      if (two) upcoming.add_rows(out, b, hq, token_b[0], d, tk.b.lanes, true);
+      for (int sn = 0; sn < tk.strips; ++sn) upcoming.add_rows(out, b, hq, flatten(tk.s[sn].x), d, tk.s[sn].lanes, true);
       if (n + 1 < item.last) {
-        const task& next = tasks[static_cast<std::size_t>(n + 1)];
-        for (const strip* st : {&next.a, &next.b})
-          upcoming.add_rows(q, b, hkv * pb.group + next.hq, flatten(st->x), d, st->lanes, false);
+        const task& after = tasks[static_cast<std::size_t>(n + 1)];
+        for (int sn = 0; sn < after.strips; ++sn)
+          upcoming.add_rows(q, b, hkv * pb.group + after.hq, flatten(after.s[sn].x), d, after.s[sn].lanes, false);
       }
       if (n + item.strips < item.last) {
         const index_t share = (item.span + item.strips - 1) / item.strips, j = (n - item.first) % item.strips;
@@ -856,24 +878,27 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             for (index_t gg = g0; gg < g1; ++gg) add(gg + d * from, d, std::min(to, (len - gg + d - 1) / d) - from);
         }
       }
-      const std::size_t qk_passes = static_cast<std::size_t>((offsets + max_offset_block - 1) / max_offset_block);
+      const std::size_t qk_passes = static_cast<std::size_t>((offsets + 6) / 7);
       const std::size_t pv_passes = static_cast<std::size_t>((vstride / W + 3) / 4);
       const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
                                          pv_passes * (W / 2) * static_cast<std::size_t>(offsets + 1);  // per row of p.v
-      const task_work work{qa,    qb,      sa,    sb,    oa,       ob,     krows,        vrows,
-                           uses_a, uses_b, lines, offsets, tk.a.lanes, segment, pb.d, vstride, vrow,
-                           idx,   count,   two,   contiguous, full_windows, reach};
-      V mx_a, sum_a, mx_b(0.f), sum_b(0.f);
-      compute_task(work, upcoming.start(static_cast<std::size_t>(lines) * drips_per_line), mx_a, sum_a, mx_b, sum_b);
+      work_of_task.krows = krows, work_of_task.vrows = vrows, work_of_task.uses = uses;
+      work_of_task.strips = tk.strips, work_of_task.lines = lines, work_of_task.offsets = offsets;
+      work_of_task.lanes = first_strip.lanes;
+      work_of_task.segment = segment, work_of_task.d = pb.d, work_of_task.vstride = vstride, work_of_task.vrow = vrow;
+      work_of_task.idx = idx, work_of_task.count = count;
+      work_of_task.contiguous = contiguous, work_of_task.full_windows = full_windows, work_of_task.reach = reach;
+      V mx[strips_per_task], sum[strips_per_task];
+      compute_task(work_of_task, upcoming.start(static_cast<std::size_t>(lines) * drips_per_line), mx, sum);
 
       // Each valid lane's output row, normalised, and log-sum-exp.
-      const auto write = [&](const float* ot, const index_t* tokens, V mx, V sum) {
+      for (int sn = 0; sn < tk.strips; ++sn) {
         alignas(64) float m[W], l[W];
-        mx.store_aligned(m), sum.store_aligned(l);
-        const index_t os = out.stride(dim_axis);
-        for (int r = 0; r < tk.a.lanes; ++r) {
-          O* row = out.row(b, hq, tokens[r]);
-          const float* src = ot + r * vstride;
+        mx[sn].store_aligned(m), sum[sn].store_aligned(l);
+        const index_t os = out.stride(dim_axis), token0 = flatten(tk.s[sn].x);
+        for (int r = 0; r < first_strip.lanes; ++r) {
+          O* row = out.row(b, hq, token0 + d * r);
+          const float* src = work_of_task.o[sn] + r * vstride;
           const float inv = 1.f / l[r];
           if (os == 1)  // vectorises
             for (index_t c = 0; c < pb.dv; ++c) row[c] = from_float<O>(src[c] * inv);
@@ -881,11 +906,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             for (index_t c = 0; c < pb.dv; ++c) row[c * os] = from_float<O>(src[c] * inv);
         }
         if (o.lse)
-          for (int r = 0; r < tk.a.lanes; ++r)
-            o.lse[(b * pb.q_heads + hq) * pb.nq + tokens[r]] = (m[r] + std::log2(l[r])) * ln2;
-      };
-      write(oa, token_a, mx_a, sum_a);
-      if (two) write(ob, token_b, mx_b, sum_b);
+          for (int r = 0; r < first_strip.lanes; ++r)
+            o.lse[(b * pb.q_heads + hq) * pb.nq + token0 + d * r] = (m[r] + std::log2(l[r])) * ln2;
+      }
     }
   });
 }
