@@ -1,6 +1,7 @@
-// Core pieces: bf16/f16 conversions, tensor_view, the executor, error.
+// Core pieces: bf16/f16 conversions, tensor_view, the executor, error, the vector 2^x.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +19,7 @@
 #include <attnkit/core/executor.hpp>
 #include <attnkit/core/tensor_view.hpp>
 #include <attnkit/core/types.hpp>
+#include <attnkit/simd/exp.hpp>
 
 
 using attnkit::bf16;
@@ -456,4 +458,56 @@ TEST_CASE("executor: many short concurrent jobs (claim races)", "[core][executor
     }
     REQUIRE(sum.load() == expected);
   }
+}
+
+namespace {
+
+/// simd::exp2 on Arch, lane by lane: the values of xs, one vector at a time.
+template <class Arch>
+std::vector<float> exp2_of(const std::vector<float>& xs) {
+  using V = attnkit::detail::simd::vec<Arch>;
+  std::vector<float> out(xs.size());
+  std::vector<float> chunk(V::size);
+  for (std::size_t i = 0; i < xs.size(); i += V::size) {
+    for (std::size_t l = 0; l < V::size; ++l) chunk[l] = xs[std::min(i + l, xs.size() - 1)];
+    const V e = attnkit::detail::simd::exp2<Arch>(V::load_unaligned(chunk.data()));
+    e.store_unaligned(chunk.data());
+    for (std::size_t l = 0; l < V::size && i + l < xs.size(); ++l) out[i + l] = chunk[l];
+  }
+  return out;
+}
+
+template <class Arch>
+void check_exp2(std::mt19937& rng) {
+  std::uniform_real_distribution<float> wide(-130.f, 130.f), softmax(-30.f, 0.f);
+  std::vector<float> xs;
+  for (int i = 0; i < 4000; ++i) xs.push_back(i % 2 ? wide(rng) : softmax(rng));
+  for (float x : {0.f, -0.f, -0.5f, 0.5f, -1.f, -124.9f, -125.f, -125.1f, 126.9f, 127.f})  // edges
+    xs.push_back(x);
+  const std::vector<float> got = exp2_of<Arch>(xs);
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const float x = xs[i];
+    CAPTURE(x);
+    if (x < -125.f) {
+      REQUIRE(got[i] == 0.f);  // masked scores vanish exactly
+    } else {
+      const double want = std::exp2(static_cast<double>(std::min(x, 127.f)));  // clamped above 127
+      REQUIRE(std::isfinite(got[i]));
+      REQUIRE(std::abs(got[i] - want) <= 3e-7 * want);
+    }
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> special = exp2_of<Arch>({-inf, inf, std::numeric_limits<float>::quiet_NaN(), -1e30f});
+  REQUIRE(special[0] == 0.f);
+  REQUIRE(special[1] == static_cast<float>(std::exp2(127.0)));
+  REQUIRE(std::isnan(special[2]));
+  REQUIRE(special[3] == 0.f);
+}
+
+}  // namespace
+
+TEST_CASE("exp2: 2^x to a few ulp, exactly 0 below -125 and at -inf, NaN kept", "[core][exp2]") {
+  ATTNKIT_SEEDED_RNG(rng);
+  SECTION("widest instruction set") { check_exp2<attnkit::detail::simd::wide_arch>(rng); }
+  SECTION("4 lanes") { check_exp2<attnkit::detail::simd::narrow_arch>(rng); }
 }

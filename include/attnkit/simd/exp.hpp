@@ -8,6 +8,10 @@
 #include "../core/config.hpp"
 #include "arch.hpp"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace attnkit::detail::simd {
 
 /// 2^x to ~1 ulp. Exactly 0 for x < -125 and for -inf (so masked scores vanish); NaN stays
@@ -15,6 +19,26 @@ namespace attnkit::detail::simd {
 template <class Arch>
 ATTNKIT_ALWAYS_INLINE vec<Arch> exp2(vec<Arch> x) {
   using V = vec<Arch>;
+#if defined(__AVX512F__)
+  if constexpr (V::size == 16) {
+    // AVX-512 scales by 2^n in one instruction (vscalefps) and zeroes the lanes below -125 in
+    // the same one, 11 instructions where the generic code below takes 15 (the exponentials
+    // are 10-15% of a softmax tile). min(127, x) keeps NaN (the second operand wins); -inf
+    // gives NaN in p, but its lane is zeroed.
+    const __m512 clamped = _mm512_min_ps(_mm512_set1_ps(127.f), x.data);
+    const __m512 n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(clamped, n);
+    __m512 p = _mm512_set1_ps(1.5403530393381608e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    const __mmask16 kept = _mm512_cmp_ps_mask(x.data, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);  // NaN kept
+    return V(_mm512_maskz_scalef_ps(kept, p, n));
+  }
+#endif
   const V clamped = xsimd::select(x > V(127.f), V(127.f), x);  // NaN passes through
   const V n = xsimd::nearbyint(clamped);
   const V f = clamped - n;  // in [-0.5, 0.5]
