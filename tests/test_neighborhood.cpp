@@ -788,6 +788,18 @@ TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks
   check_thread_counts_agree(p, problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24), 3, gen);
 }
 
+TEST_CASE("fast: 3-D sweeps along z run by one worker, keeping the last sweep's lines, match reference, bitwise "
+          "for any thread count",
+          "[neighborhood][fast][threads]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  neighborhood<3> p;
+  p.shape = {12, 10, 20};
+  p.kernel = {3, 5, 7};
+  p.dilation = GENERATE(std::array<index_t, 3>{1, 1, 1}, std::array<index_t, 3>{2, 1, 1}, std::array<index_t, 3>{3, 2, 2});
+  p.causal = {GENERATE(false, true), false, false};
+  check_thread_counts_agree(p, problem_of(1, 2, 1, 12 * 10 * 20, 32, 32), 3, gen);
+}
+
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {
   ATTNKIT_SEEDED_RNG(gen);
   expect_all_rejections<true>(gen);

@@ -127,6 +127,8 @@ class line_cache {
     used_.assign(static_cast<std::size_t>(slots), -1);
   }
 
+  bool holds(index_t line) const { return std::find(line_.begin(), line_.end(), line) != line_.end(); }
+
   /// Slots of lines[0, n) for task number `task` (increasing), filling missing ones with
   /// fill(line, slot): hits are claimed first, so a miss never evicts a line of this task.
   template <class Fill>
@@ -609,6 +611,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   std::vector<band> items;
   const index_t len = p.shape[last], d = p.dilation[last];
   index_t groups_per_band = 1;
+  index_t sweeps_per_item = 1;  // consecutive sweeps of one band along z (3-D)
   {
     // Bands of each dilation group; group 0 is the longest, so it has the most bands.
     const index_t group_count = std::min(d, len);
@@ -645,17 +648,34 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         for (index_t y = gy; y < ly; y += strips_per_task * dy)
           steps.emplace_back(y, static_cast<int>(std::min<index_t>(strips_per_task, (ly - y + dy - 1) / dy)));
     }
-    index_t outer_lines = 1;  // lines of the axes before the pair axis
-    for (int a = 0; a < pair_axis; ++a) outer_lines *= p.shape[a];
+    // Lines of the axes before the pair axis (3-D: z), one dilation group after another.
+    std::vector<index_t> outer_lines;
+    if constexpr (Rank == 3) {
+      for (index_t gz = 0; gz < p.dilation[0]; ++gz)
+        for (index_t z = gz; z < p.shape[0]; z += p.dilation[0]) outer_lines.push_back(z);
+    } else {
+      outer_lines.push_back(0);
+    }
+    const index_t outer = static_cast<index_t>(outer_lines.size());
     // Sweeps split into chunks when there are too few for the workers (each chunk transposes
-    // its first lines again), at least 16 steps long.
-    const index_t sweeps = pb.batch * pb.kv_heads * pb.group * outer_lines * static_cast<index_t>(bands_of_line.size());
-    const index_t wanted = 2 * static_cast<index_t>(worker_count(o.threads, sweeps * 64));
+    // its first lines again), at least 16 steps long. When there are many, consecutive sweeps
+    // of a band along z (3-D) go to one worker, whose line cache then keeps every line the
+    // last sweep filled, (kernel - 1) / kernel of those the next sweep needs: filling each
+    // z-line again for each query plane that reaches it was 10% of the time of 3 x 7 x 7
+    // windows. Only while those lines take at most 4 MiB per worker, and every worker still
+    // gets 4 items.
+    const index_t sweeps = pb.batch * pb.kv_heads * pb.group * outer * static_cast<index_t>(bands_of_line.size());
+    const index_t workers = static_cast<index_t>(worker_count(o.threads, sweeps * 64));
     const index_t step_count = static_cast<index_t>(steps.size());
-    const index_t chunks = std::clamp<index_t>((wanted + sweeps - 1) / sweeps, 1, std::max<index_t>(1, step_count / 16));
+    const index_t chunks = std::clamp<index_t>((2 * workers + sweeps - 1) / sweeps, 1, std::max<index_t>(1, step_count / 16));
+    if constexpr (Rank == 3) {
+      const double bytes = static_cast<double>(p.kernel[0] * p.shape[1]) * static_cast<double>(len + 48) *
+                           static_cast<double>(pb.d) * sizeof(float) * static_cast<double>(std::min(d, len));
+      if (bytes <= 4.0 * (1 << 20)) sweeps_per_item = std::clamp<index_t>(sweeps / (4 * workers), 1, outer);
+    }
     for (index_t h = 0; h < pb.group; ++h)
-      for (index_t line = 0; line < outer_lines; ++line)
-        for (const std::vector<strip>& strips_of_band : bands_of_line) {
+      for (const std::vector<strip>& strips_of_band : bands_of_line)
+        for (index_t line0 = 0; line0 < outer; line0 += sweeps_per_item) {
           index_t start = len, end = 0;
           for (const strip& st : strips_of_band) {
             start = std::min(start, window(last, st.x[last]).start);
@@ -675,18 +695,18 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           for (index_t c = 0; c < chunks; ++c) {
             band item{static_cast<index_t>(tasks.size()), 0, start, end - start, lead,
                       static_cast<index_t>(strips_of_band.size())};
-            for (index_t si = step_count * c / chunks; si < step_count * (c + 1) / chunks; ++si)
-              for (strip st : strips_of_band) {
-                index_t rest = line;
-                for (int a = pair_axis - 1; a >= 0; --a) st.x[a] = rest % p.shape[a], rest /= p.shape[a];
-                const auto [y, count] = steps[static_cast<std::size_t>(si)];
-                task t{h, {}, count};
-                for (int n = 0; n < count; ++n) {
-                  t.s[n] = st;
-                  if constexpr (pair_axis >= 0) t.s[n].x[pair_axis] = y + n * p.dilation[pair_axis];
+            for (index_t line = line0; line < std::min(outer, line0 + sweeps_per_item); ++line)
+              for (index_t si = step_count * c / chunks; si < step_count * (c + 1) / chunks; ++si)
+                for (strip st : strips_of_band) {
+                  if constexpr (Rank == 3) st.x[0] = outer_lines[static_cast<std::size_t>(line)];
+                  const auto [y, count] = steps[static_cast<std::size_t>(si)];
+                  task t{h, {}, count};
+                  for (int n = 0; n < count; ++n) {
+                    t.s[n] = st;
+                    if constexpr (pair_axis >= 0) t.s[n].x[pair_axis] = y + n * p.dilation[pair_axis];
+                  }
+                  tasks.push_back(t);
                 }
-                tasks.push_back(t);
-              }
             item.last = static_cast<index_t>(tasks.size());
             items.push_back(item);
           }
@@ -747,6 +767,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   bool v_in_place = false;
   if constexpr (std::is_same_v<Vt, float>) v_in_place = v.stride(dim_axis) == 1 && pb.dv % W == 0;
   const index_t n_items = static_cast<index_t>(items.size());
+  // A task's lines, and every line of the last sweep when a worker runs several along z.
+  index_t cache_lines = max_lines;
+  if constexpr (Rank == 3)
+    if (sweeps_per_item > 1) cache_lines += p.kernel[0] * p.shape[1];
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
   const std::size_t queue_capacity = 2 * strips_per_task * W + static_cast<std::size_t>(2 * max_lines * segment);
@@ -756,8 +780,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     // Kept between calls, like the arenas (no page faults).
     static thread_local line_cache kc, vc;
     static thread_local prefetch_queue upcoming;
-    kc.reset(max_lines * groups_per_band, pb.d, segment);
-    if (!v_in_place) vc.reset(max_lines * groups_per_band, vstride, segment);
+    kc.reset(cache_lines * groups_per_band, pb.d, segment);
+    if (!v_in_place) vc.reset(cache_lines * groups_per_band, vstride, segment);
     upcoming.reset(queue_capacity);
     const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
     const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
@@ -839,7 +863,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         if (n + item.strips < item.last) {
           const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses);
           for (int li = 0; li < next_lines; ++li)
-            if (std::find(key_lines, key_lines + lines, later_lines[li]) == key_lines + lines)
+            if (std::find(key_lines, key_lines + lines, later_lines[li]) == key_lines + lines &&
+                !kc.holds(later_lines[li] * d + g))  // the last sweep's lines, kept
               later_lines[later++] = later_lines[li];
         }
       }
