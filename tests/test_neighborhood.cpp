@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <random>
@@ -798,6 +799,38 @@ TEST_CASE("fast: 3-D sweeps along z run by one worker, keeping the last sweep's 
   p.dilation = GENERATE(std::array<index_t, 3>{1, 1, 1}, std::array<index_t, 3>{2, 1, 1}, std::array<index_t, 3>{3, 2, 2});
   p.causal = {GENERATE(false, true), false, false};
   check_thread_counts_agree(p, problem_of(1, 2, 1, 12 * 10 * 20, 32, 32), 3, gen);
+}
+
+TEST_CASE("fast: outputs of 8 MiB, written with streaming stores when their rows are 64-byte aligned, equal the "
+          "cached stores bitwise and match reference",
+          "[neighborhood][fast]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  neighborhood<2> p;
+  p.shape = {128, 128};
+  p.kernel = {7, 7};
+  p.dilation = GENERATE(std::array<index_t, 2>{1, 1}, std::array<index_t, 2>{2, 2});
+  const problem s = problem_of(1, 2, 1, 128 * 128, 64, 64);  // 2 x 16384 x 64 float outputs: 8 MiB
+  const auto in = random_qkv<float>(s, gen);
+  const std::size_t n = static_cast<std::size_t>(s.Hq * s.Nq * s.Dv);
+  // Rows at a multiple of 64 bytes (streamed), and 4 bytes past one (stored through the cache).
+  std::vector<float> mem(2 * n + 32, -777.f);
+  float* aligned = mem.data() + (16 - reinterpret_cast<std::uintptr_t>(mem.data()) / sizeof(float) % 16) % 16;
+  float* unaligned = aligned + n + 17;
+  result<float> streamed = make_result<float>(s, layout::bhsd);
+  std::vector<float> cached_lse(streamed.lse_mem.size(), -777.f);
+  attnkit::options o;
+  o.threads = 2;
+  for (float* out : {aligned, unaligned}) {
+    o.lse = out == aligned ? streamed.lse_ptr() : cached_lse.data() + guard;
+    attnkit::attention(p, in.q.cview(), in.k.cview(), in.v.cview(), attnkit::view_bhsd(out, 1, s.Hq, s.Nq, s.Dv), o);
+  }
+  CHECK(std::memcmp(aligned, unaligned, n * sizeof(float)) == 0);
+  CHECK(same_bits(streamed.lse_mem, cached_lse));
+  CHECK(std::all_of(aligned + n, unaligned, [](float x) { return x == -777.f; }));  // nothing past the end
+  streamed.out.for_each([&](index_t, index_t h, index_t t, index_t c) {
+    streamed.out.view(0, h, t, c) = aligned[static_cast<std::size_t>((h * s.Nq + t) * s.Dv + c)];
+  });
+  check_matches(streamed, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {

@@ -559,6 +559,20 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   }
 }
 
+/// dst[c] = scale * src[c] for c < n (a multiple of 16) with streaming stores, when dst is a
+/// 64-byte aligned float row; else writes nothing and returns false.
+template <class O>
+bool stream_scaled_row(const float* src, float scale, index_t n, O* dst) {
+  if constexpr (std::is_same_v<O, float>) {
+    if (reinterpret_cast<std::uintptr_t>(dst) % 64 != 0) return false;
+    const __m512 s = _mm512_set1_ps(scale);
+    for (index_t c = 0; c < n; c += W) _mm512_stream_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(src + c), s));
+    return true;
+  } else {
+    return false;
+  }
+}
+
 /// One strip: 16 queries of one head on one line, consecutive in-group positions along the
 /// last axis.
 struct strip {
@@ -774,6 +788,13 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
   // share of the K/V rows of later key lines.
   const std::size_t queue_capacity = 2 * strips_per_task * W + static_cast<std::size_t>(2 * max_lines * segment);
+  // Large float outputs are written with streaming stores, neither read first nor prefetched:
+  // for 7 x 7 windows their rows were a quarter of the lines each task prefetched, and the
+  // others arrived late (the queue is bound by how many misses a core keeps in flight).
+  // Outputs small enough to stay in cache for the caller are stored normally.
+  constexpr double stream_output_bytes = 8.0 * (1 << 20);
+  const bool stream_out = std::is_same_v<O, float> && out.stride(dim_axis) == 1 && pb.dv % W == 0 &&
+                          static_cast<double>(pb.batch * pb.q_heads * pb.nq * pb.dv) * sizeof(float) >= stream_output_bytes;
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
     const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
     const band& item = items[static_cast<std::size_t>(work % n_items)];
@@ -882,7 +903,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       // share (one strip's worth of positions, in every group of the band) of the key lines
       // its strip on the next lines adds to the sweep.
       upcoming.clear();
-      for (int sn = 0; sn < tk.strips; ++sn) upcoming.add_rows(out, b, hq, flatten(tk.s[sn].x), d, tk.s[sn].lanes, true);
+      if (!stream_out)
+        for (int sn = 0; sn < tk.strips; ++sn) upcoming.add_rows(out, b, hq, flatten(tk.s[sn].x), d, tk.s[sn].lanes, true);
       if (n + 1 < item.last) {
         const task& after = tasks[static_cast<std::size_t>(n + 1)];
         for (int sn = 0; sn < after.strips; ++sn)
@@ -925,6 +947,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
           O* row = out.row(b, hq, token0 + d * r);
           const float* src = work_of_task.o[sn] + r * vstride;
           const float inv = 1.f / l[r];
+          if (stream_out && stream_scaled_row(src, inv, pb.dv, row)) continue;
           if (os == 1)  // vectorises
             for (index_t c = 0; c < pb.dv; ++c) row[c] = from_float<O>(src[c] * inv);
           else
@@ -935,6 +958,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             o.lse[(b * pb.q_heads + hq) * pb.nq + token0 + d * r] = (m[r] + std::log2(l[r])) * ln2;
       }
     }
+    if (stream_out) _mm_sfence();  // the streamed rows are visible before the item counts as done
   });
 }
 
