@@ -113,11 +113,13 @@ const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, 
 /// [start, start + width) of the column's dilation group, transposed (fill_segment: K) or as
 /// rows (fill_rows: V); positions past the group are zero, so loads and permutes that run
 /// over its end read finite values, in lanes that are masked or weighted by zero.
-/// Slots are tagged by key line; a line the current task needs and no slot holds replaces the
-/// least recently used line the task does not need.
+/// Slots are tagged by key line (tags < `tags`, each found through a table: in 3-D the cache
+/// holds a whole sweep's lines, and searching the slots took about a third of the fills'
+/// time); a line the current task needs and no slot holds replaces the least recently used
+/// line the task does not need.
 class line_cache {
  public:
-  void reset(index_t slots, index_t depth, index_t width) {
+  void reset(index_t slots, index_t depth, index_t width, index_t tags) {
     stride_ = depth * width + 16;  // one cache line more: slots do not alias the same cache sets
     data_.resize(static_cast<std::size_t>(slots * stride_ + 16));
     // Slots start on a cache line (rows too: width is a multiple of 16), so that the loads of
@@ -125,28 +127,27 @@ class line_cache {
     base_ = data_.data() + (16 - reinterpret_cast<std::uintptr_t>(data_.data()) / sizeof(float) % 16) % 16;
     line_.assign(static_cast<std::size_t>(slots), -1);
     used_.assign(static_cast<std::size_t>(slots), -1);
+    slot_of_.assign(static_cast<std::size_t>(tags), -1);
   }
 
-  bool holds(index_t line) const { return std::find(line_.begin(), line_.end(), line) != line_.end(); }
+  bool holds(index_t line) const { return slot_of_[static_cast<std::size_t>(line)] >= 0; }
 
   /// Slots of lines[0, n) for task number `task` (increasing), filling missing ones with
   /// fill(line, slot): hits are claimed first, so a miss never evicts a line of this task.
   template <class Fill>
   void lookup(const index_t* lines, int n, index_t task, const float** slots, Fill&& fill) {
     for (int i = 0; i < n; ++i) {
-      slots[i] = nullptr;
-      for (std::size_t s = 0; s < line_.size(); ++s)
-        if (line_[s] == lines[i]) {
-          used_[s] = task;
-          slots[i] = slot(s);
-          break;
-        }
+      const index_t s = slot_of_[static_cast<std::size_t>(lines[i])];
+      slots[i] = s >= 0 ? slot(static_cast<std::size_t>(s)) : nullptr;
+      if (s >= 0) used_[static_cast<std::size_t>(s)] = task;
     }
     for (int i = 0; i < n; ++i) {
       if (slots[i]) continue;
       std::size_t victim = 0;
       for (std::size_t s = 1; s < line_.size(); ++s)
         if (used_[s] < used_[victim]) victim = s;
+      if (line_[victim] >= 0) slot_of_[static_cast<std::size_t>(line_[victim])] = -1;
+      slot_of_[static_cast<std::size_t>(lines[i])] = static_cast<index_t>(victim);
       line_[victim] = lines[i];
       used_[victim] = task;
       fill(lines[i], slot(victim));
@@ -159,7 +160,7 @@ class line_cache {
   index_t stride_ = 0;
   std::vector<float> data_;
   float* base_ = nullptr;
-  std::vector<index_t> line_, used_;
+  std::vector<index_t> line_, used_, slot_of_;
 };
 
 /// Cache lines a task will need soon (its output rows, the next task's queries, the rows of
@@ -812,8 +813,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     // Kept between calls, like the arenas (no page faults).
     static thread_local line_cache kc, vc;
     static thread_local prefetch_queue upcoming;
-    kc.reset(cache_lines * groups_per_band, pb.d, segment);
-    if (!v_in_place) vc.reset(cache_lines * groups_per_band, vstride, segment);
+    const index_t tag_count = pb.nq / len * d;  // key lines x dilation groups of the last axis
+    kc.reset(cache_lines * groups_per_band, pb.d, segment, tag_count);
+    if (!v_in_place) vc.reset(cache_lines * groups_per_band, vstride, segment, tag_count);
     upcoming.reset(queue_capacity);
     const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
     const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
