@@ -531,12 +531,13 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   for (int sn = 0; sn < t.strips; ++sn) softmax(t.s[sn], sn, max_out[sn], sum_out[sn]);
 
   // P.V, lanes in pairs: their rows are value rows in memory order, read once for both lanes
-  // of all strips (no transposes of V or of the outputs). Lines go in groups of up to five
-  // that the same strips use: the accumulators are loaded and stored once per group, and the
-  // group's value rows stay in L1 for all its lanes (five: the lines all three strips of a
-  // 7 x 7 task use are one group; 0-2.5% faster than four). Outputs are normalised when
+  // of all strips (no transposes of V or of the outputs). Lines go in groups that the same
+  // strips use: the accumulators are loaded and stored once per group, and the group's value
+  // rows stay in L1 for all its lanes. Five lines for windows up to 9 wide (the lines all
+  // three strips of a 7 x 7 task use are one group: 1-2.5% faster than four), four for wider
+  // ones (13 x 13 with dilation 2 ran 3% slower with five). Outputs are normalised when
   // written.
-  constexpr int group_lines = 5;
+  const int group_lines = t.offsets <= 9 ? 5 : 4;
   for (int sn = 0; sn < t.strips; ++sn) std::fill(t.o[sn], t.o[sn] + t.lanes * t.vstride, 0.f);
   const index_t vectors = t.vstride / W;
   for (int li = 0, n = 1; li < t.lines; li += n) {
