@@ -114,7 +114,7 @@ const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, 
 /// rows (fill_rows: V); positions past the group are zero, so loads and permutes that run
 /// over its end read finite values, in lanes that are masked or weighted by zero.
 /// Slots are tagged by key line (tags < `tags`, each found through a table: in 3-D the cache
-/// holds a whole sweep's lines, and searching the slots took about a third of the fills'
+/// holds a whole sweep's lines, and searching the slots took about a quarter of the fills'
 /// time); a line the current task needs and no slot holds replaces the least recently used
 /// line the task does not need.
 class line_cache {
@@ -800,8 +800,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   index_t cache_lines = max_lines;
   if constexpr (Rank == 3)
     if (sweeps_per_item > 1) cache_lines += p.kernel[0] * p.shape[1];
-  // Ranges a task queues (one per row at most): its outputs, the next task's queries, its
-  // share of the K/V rows of later key lines.
+  // Ranges a task queues (one per row at most): its outputs (unless streamed, below), the next
+  // task's queries, its share of the K/V rows of later key lines.
   const std::size_t queue_capacity = 2 * strips_per_task * W + static_cast<std::size_t>(2 * max_lines * segment);
   // Large float outputs are written with streaming stores, neither read first nor prefetched:
   // for 7 x 7 windows their rows were a quarter of the lines each task prefetched, and the
