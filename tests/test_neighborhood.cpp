@@ -789,6 +789,23 @@ TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks
   check_thread_counts_agree(p, problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24), 3, gen);
 }
 
+TEST_CASE("fast: strips in bands of 4, where a band of 8 keeps more lines than the L2 holds, match reference",
+          "[neighborhood][fast]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  neighborhood<2> p;
+  p.shape = {9, 150};  // bands of 4, 4 and 2 strips
+  p.kernel = {7, 13};
+#if defined(__AVX512F__)
+  REQUIRE(attnkit::detail::flash::strips::preferred(p));
+  attnkit::detail::flash::problem wide{}, narrow{};
+  wide.d = wide.dv = 512;  // 12 lines x 172 positions x 4 KiB: 8.5 MB
+  narrow.d = narrow.dv = 16;
+  REQUIRE(attnkit::detail::flash::strips::strips_per_band(p, wide) == 4);
+  CHECK(attnkit::detail::flash::strips::strips_per_band(p, narrow) == 8);
+#endif
+  fast_vs_reference<float>(p, problem_of(1, 2, 1, 9 * 150, 512, 512), gen);
+}
+
 TEST_CASE("fast: 3-D sweeps along z run by one worker, keeping the last sweep's lines, match reference, bitwise "
           "for any thread count",
           "[neighborhood][fast][threads]") {

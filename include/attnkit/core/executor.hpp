@@ -20,6 +20,9 @@
 #if defined(ATTNKIT_USE_OPENMP)
 #include <omp.h>
 #endif
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 namespace attnkit {
 
@@ -30,6 +33,19 @@ inline int hardware_threads() {
 }
 
 namespace detail {
+
+/// Bytes of L2 cache per core, as the C library reports it (1 MiB where it does not): the
+/// strip path sizes the lines it keeps for reuse by it.
+inline std::size_t l2_cache_bytes() {
+  static const std::size_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (reported > 0) return static_cast<std::size_t>(reported);
+#endif
+    return std::size_t(1) << 20;
+  }();
+  return bytes;
+}
 
 /// One parallel_for call: items are claimed with an atomic counter by the caller and by
 /// any pool worker that joins, up to `max_workers` threads in all. The first exception an

@@ -420,6 +420,31 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* const* p, const float* const* l
 /// accumulators; 2 lanes x 3 strips x 4 vectors in p.v).
 inline constexpr int strips_per_task = 3;
 
+/// Key lines a task reads at most: its strips' windows on the pair axis start at most a
+/// stride apart.
+template <int Rank>
+index_t key_lines_per_task(const neighborhood<Rank>& p) {
+  index_t lines = 1;
+  for (int a = 0; a < Rank - 1; ++a) lines *= p.kernel[a] + (a == Rank - 2 ? (strips_per_task - 1) * p.stride[a] : 0);
+  return lines;
+}
+
+/// Strips per band (the work item that sweeps the pair axis, keeping the key lines its
+/// windows reach). Bands of 8 (a 128-wide line whole) transpose 1.2x fewer positions per
+/// query than bands of 4: a segment is 16-32 positions wider than its band. But the sweep
+/// reuses a band's lines only while they stay in L2: the lines of a task and of the next step,
+/// each a K segment and V rows, take 3.2 MB for 13 x 13 windows at D 128 in bands of 8 and
+/// 2.0 MB in bands of 4, which on an Intel host with 2 MiB of L2 per core ran 10% faster (in
+/// alternating calls in one process; 7 x 7 with dilation 2 too). So 4 where the lines of 8
+/// overflow the L2; where they fit, 4 changed little (7 x 7, and 13 x 13 at D 64: within 4%).
+template <int Rank>
+std::size_t strips_per_band(const neighborhood<Rank>& p, const problem& pb) {
+  const index_t positions = W * 8 + 32 + (p.kernel[Rank - 1] - 1) * p.dilation[Rank - 1];
+  const double bytes =
+      static_cast<double>((key_lines_per_task(p) + strips_per_task) * positions * (pb.d + pb.dv)) * sizeof(float);
+  return bytes > static_cast<double>(l2_cache_bytes()) ? 4 : 8;
+}
+
 /// Calls f(std::integral_constant<int, N>) for N = n in [1, strips_per_task].
 template <class F>
 ATTNKIT_ALWAYS_INLINE void with_strip_count(int n, F&& f) {
@@ -631,9 +656,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   // With a dilation along the last axis, a band holds the same strips of several dilation
   // groups, swept together: their rows interleave in memory, and sweeping the groups apart
   // read each row's cache lines twice from DRAM (and made x-dilated windows 1.5x slower).
-  // Bands of 8 strips (a 128-wide line whole) transpose 1.2x fewer positions per query than
-  // bands of 4: a segment is 16-32 positions wider than its band.
-  constexpr std::size_t band_strips = 8;
+  const std::size_t band_strips = strips_per_band(p, pb);
+  const index_t max_lines = key_lines_per_task(p);
   struct band {
     index_t first, last;  // its tasks
     index_t start, span;  // in-group positions [start, start + span) its windows reach (each group)
@@ -747,8 +771,6 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   }
 
   // Scratch per worker: packed Q, output and scores of each strip, key-row pointers.
-  index_t max_lines = 1;  // key lines of a task: its windows on the pair axis start at most a stride apart, twice
-  for (int a = 0; a < last; ++a) max_lines *= p.kernel[a] + (a == pair_axis ? (strips_per_task - 1) * p.stride[a] : 0);
   const int offsets = static_cast<int>(p.kernel[last]);
   const std::size_t score_floats = static_cast<std::size_t>(max_lines * offsets * W);
 
