@@ -525,26 +525,19 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   // compiler reloaded them per vector (a store-to-load chain through the exponentials).
   const auto softmax = [lane_count, lines = t.lines, offsets = t.offsets, full = t.full_windows, uses = t.uses](
                            float* s, int sn, V& max_out, V& sum_out) {
-    // Four running maxima: one chained every vector on the latency of max (4 cycles on Intel
-    // cores: a profile of a 13 x 13 task put 3% of its time on that one instruction).
-    std::array<V, 4> part{V(neg_inf), V(neg_inf), V(neg_inf), V(neg_inf)};
+    V mx(neg_inf);
     for (int li = 0; li < lines; ++li) {
       if (!(uses[li] >> sn & 1)) continue;
       float* sl = s + static_cast<std::size_t>(li * offsets) * W;
-      const auto score = [&](int oo) ATTNKIT_INLINE_LAMBDA {
+      for (int oo = 0; oo < offsets; ++oo) {
         V x = V::load_aligned(sl + oo * W);
         if (!full) {
           x = xsimd::select(V(static_cast<float>(oo)) < lane_count, x, V(neg_inf));
           x.store_aligned(sl + oo * W);
         }
-        return x;
-      };
-      int oo = 0;
-      for (; oo + 4 <= offsets; oo += 4)
-        for (int i = 0; i < 4; ++i) part[i] = xsimd::max(part[i], score(oo + i));
-      for (; oo < offsets; ++oo) part[0] = xsimd::max(part[0], score(oo));
+        mx = xsimd::max(mx, x);
+      }
     }
-    const V mx = xsimd::max(xsimd::max(part[0], part[1]), xsimd::max(part[2], part[3]));
     V sum(0.f);
     for (int li = 0; li < lines; ++li) {
       if (!(uses[li] >> sn & 1)) continue;  // p.v skips this strip on this line
