@@ -799,7 +799,7 @@ TEST_CASE("fast: strips in bands of 4, where a band of 8 keeps more lines than t
   REQUIRE(attnkit::detail::flash::strips::preferred(p));
   attnkit::detail::flash::problem wide{}, narrow{};
   wide.d = wide.dv = 512;  // 12 lines x 172 positions x 4 KiB: 8.5 MB
-  narrow.d = narrow.dv = 16;
+  narrow.d = narrow.dv = 8;
   REQUIRE(attnkit::detail::flash::strips::strips_per_band(p, wide) == 4);
   CHECK(attnkit::detail::flash::strips::strips_per_band(p, narrow) == 8);
 #endif

@@ -432,17 +432,20 @@ index_t key_lines_per_task(const neighborhood<Rank>& p) {
 /// Strips per band (the work item that sweeps the pair axis, keeping the key lines its
 /// windows reach). Bands of 8 (a 128-wide line whole) transpose 1.2x fewer positions per
 /// query than bands of 4: a segment is 16-32 positions wider than its band. But the sweep
-/// reuses a band's lines only while they stay in L2: the lines of a task and of the next step,
-/// each a K segment and V rows, take 3.2 MB for 13 x 13 windows at D 128 in bands of 8 and
-/// 2.0 MB in bands of 4, which on an Intel host with 2 MiB of L2 per core ran 10% faster (in
-/// alternating calls in one process; 7 x 7 with dilation 2 too). So 4 where the lines of 8
-/// overflow the L2; where they fit, 4 changed little (7 x 7, and 13 x 13 at D 64: within 4%).
+/// reuses a band's lines only while they stay in L2, next to the queue's prefetches, the
+/// queries and scores, on 4 KiB pages that do not spread evenly over the L2's sets. The lines
+/// of a task and of the next step, each a K segment and V rows, take 3.2 MB for 13 x 13
+/// windows at D 128 in bands of 8 and 2.0 MB in bands of 4. On an Intel host with 2 MiB of L2
+/// per core (alternating calls in one process), bands of 4 ran that shape and 7 x 7 with
+/// dilation 2 at D 128 10% faster, 13 x 13 at D 64 (1.6 MB in bands of 8) 5% and 7 x 7 at
+/// D 128 3%, but 7 x 7 at D 64 (1.0 MB) only 1%; on a Zen 5 host (1 MiB), 13 x 13 at D 64 ran
+/// at the same speed. So 4 where the lines of 8 take more than half the L2.
 template <int Rank>
 std::size_t strips_per_band(const neighborhood<Rank>& p, const problem& pb) {
   const index_t positions = W * 8 + 32 + (p.kernel[Rank - 1] - 1) * p.dilation[Rank - 1];
   const double bytes =
       static_cast<double>((key_lines_per_task(p) + strips_per_task) * positions * (pb.d + pb.dv)) * sizeof(float);
-  return bytes > static_cast<double>(l2_cache_bytes()) ? 4 : 8;
+  return bytes > 0.5 * static_cast<double>(l2_cache_bytes()) ? 4 : 8;
 }
 
 /// Calls f(std::integral_constant<int, N>) for N = n in [1, strips_per_task].
