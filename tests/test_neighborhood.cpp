@@ -789,7 +789,8 @@ TEST_CASE("fast: strip bands across dilation groups and sweeps split into chunks
   check_thread_counts_agree(p, problem_of(1, 2, 1, p.shape[0] * p.shape[1], 32, 24), 3, gen);
 }
 
-TEST_CASE("fast: strips in bands of 4, where a band of 8 keeps more lines than the L2 holds, match reference",
+TEST_CASE("fast: strips in bands of 4, where a band of 8 would keep its lines in more than half the L2, match "
+          "reference",
           "[neighborhood][fast]") {
   ATTNKIT_SEEDED_RNG(gen);
   neighborhood<2> p;

@@ -34,8 +34,8 @@ inline int hardware_threads() {
 
 namespace detail {
 
-/// Bytes of L2 cache per core, as the C library reports it (1 MiB where it does not): the
-/// strip path sizes the lines it keeps for reuse by it.
+/// Bytes of L2 cache per core, as the C library reports it (1 MiB where it does not). The
+/// strip path picks the width of the bands whose key lines it keeps from it.
 inline std::size_t l2_cache_bytes() {
   static const std::size_t bytes = [] {
 #if defined(_SC_LEVEL2_CACHE_SIZE)
