@@ -771,7 +771,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   const std::size_t score_floats = static_cast<std::size_t>(max_lines * offsets * W);
 
   // Key lines of a task: the union box of its strips' windows on the axes before the last;
-  // bit n of uses[line] says whether strip n keeps keys on it.
+  // bit n of uses[line] says whether strip n keeps keys on it. The pair axis varies slowest:
+  // in 3-D, the lines of one y (every z of the window) follow each other and the same strips
+  // use them, so p.v takes them as one group; with y fastest, each z brought one-line groups
+  // for the y at the windows' edges (3 x 7 x 7 tasks ran 8% slower in cache).
   const auto lines_of = [&](const task& tk, index_t* key_lines, std::uint8_t* uses) {
     std::array<std::array<axis_window, 3>, strips_per_task> w{};
     std::array<index_t, 3> first{}, end{};  // the union box, in in-group coordinates
@@ -796,9 +799,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       key_lines[lines] = key_line;
       uses[lines] = bits;
       ++lines;
-      int a = last - 1;
-      while (a >= 0 && vline[a] + 1 == end[a]) vline[a] = first[a], --a;
-      if (a < 0) break;
+      int a = 0;
+      while (a < last && vline[a] + 1 == end[a]) vline[a] = first[a], ++a;
+      if (a == last) break;
       ++vline[a];
     }
     return lines;
