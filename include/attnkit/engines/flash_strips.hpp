@@ -924,10 +924,9 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
         later = 0;
         if (n + item.strips < item.last) {
           const int next_lines = lines_of(tasks[static_cast<std::size_t>(n + item.strips)], later_lines, later_uses);
+          // The cache holds this step's lines (just looked up) and those kept from the last sweep.
           for (int li = 0; li < next_lines; ++li)
-            if (std::find(key_lines, key_lines + lines, later_lines[li]) == key_lines + lines &&
-                !kc.holds(later_lines[li] * d + g))  // the last sweep's lines, kept
-              later_lines[later++] = later_lines[li];
+            if (!kc.holds(later_lines[li] * d + g)) later_lines[later++] = later_lines[li];
         }
       }
       const index_t column0 = item.lead + start0 - item.start;
