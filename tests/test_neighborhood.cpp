@@ -851,6 +851,61 @@ TEST_CASE("fast: outputs of 8 MiB, written with streaming stores when their rows
   check_matches(streamed, run_ref(p, in.q, in.k, in.v), float_tol);
 }
 
+/// Attention with NaN in the keys of `poisoned` tokens; every query whose window holds none of
+/// them matches the reference (which attends to exactly its window), and there are some.
+template <int R>
+void check_nan_keys_stay_in_their_windows(const neighborhood<R>& p, std::mt19937& gen) {
+  INFO(describe(p));
+  const index_t n = grid(p);
+  const problem s = problem_of(1, 2, 1, n, 24, 16);
+  qkv<float> in = random_qkv<float>(s, gen);
+  std::vector<bool> poisoned(static_cast<std::size_t>(n), false);
+  std::uniform_int_distribution<index_t> pick(0, n - 1);
+  for (int i = 0; i < 6; ++i) {
+    const index_t t = pick(gen);
+    poisoned[static_cast<std::size_t>(t)] = true;
+    in.k.view(0, 0, t, 5) = std::numeric_limits<float>::quiet_NaN();
+  }
+  const result<float> fast = run_fast(p, in.q, in.k, in.v, layout::bhsd, 1);  // one worker: every band in one cache
+  const result<float> ref = run_ref(p, in.q, in.k, in.v);
+  index_t clean = 0, mismatched = 0;
+  for (index_t t = 0; t < n; ++t) {
+    const std::vector<index_t> keys = ref_keys(p, t);
+    if (std::any_of(keys.begin(), keys.end(), [&](index_t k) { return poisoned[static_cast<std::size_t>(k)]; }))
+      continue;
+    ++clean;
+    for (index_t h = 0; h < s.Hq; ++h)
+      for (index_t c = 0; c < s.Dv; ++c) {
+        const double want = ref.out.view(0, h, t, c), got = fast.out.view(0, h, t, c);
+        mismatched += !(std::abs(got - want) <= float_tol.atol + float_tol.rtol * std::abs(want));
+      }
+  }
+  CHECK(clean > n / 4);
+  CHECK(mismatched == 0);
+}
+
+TEST_CASE("fast: NaN keys reach no query whose window misses them (strips read past windows only in masked or "
+          "unwritten lanes)",
+          "[neighborhood][fast]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  neighborhood<2> causal_rows;  // partial last strip; causal lanes read offsets past their window
+  causal_rows.shape = {12, 45}, causal_rows.kernel = {3, 7}, causal_rows.causal = {false, true};
+  neighborhood<2> dilated;  // dilation groups of 17, 17 and 16 positions: segments of different widths
+  dilated.shape = {10, 50}, dilated.kernel = {3, 5}, dilated.dilation = {1, 3};
+  neighborhood<3> volume;
+  volume.shape = {4, 6, 37}, volume.kernel = {3, 3, 5}, volume.causal = {false, false, true};
+#if defined(__AVX512F__)
+  REQUIRE(attnkit::detail::flash::strips::preferred(causal_rows));
+  REQUIRE(attnkit::detail::flash::strips::preferred(dilated));
+  REQUIRE(attnkit::detail::flash::strips::preferred(volume));
+#endif
+  for (int trial = 0; trial < 4; ++trial) {
+    check_nan_keys_stay_in_their_windows(causal_rows, gen);
+    check_nan_keys_stay_in_their_windows(dilated, gen);
+    check_nan_keys_stay_in_their_windows(volume, gen);
+  }
+}
+
 TEST_CASE("fast: bad policies throw attnkit::error, out untouched", "[neighborhood][fast][validation]") {
   ATTNKIT_SEEDED_RNG(gen);
   expect_all_rejections<true>(gen);
