@@ -572,7 +572,8 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<Q, bf16> && std::is_same_v<K, bf16> && std::is_same_v<Vt, bf16> &&
                 simd::vec<simd::wide_arch>::size == 16 && !plan_t::token_callables) {
-    if (rows > some_rows::Br) return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
+    if (rows > some_rows::Br && simd::bf16dot::preferred())
+      return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
   }
 #endif
   constexpr bool has_some_rows = simd::vec<simd::wide_arch>::size % some_rows::Br == 0;

@@ -18,6 +18,24 @@
 
 namespace attnkit::detail::simd::bf16dot {
 
+/// How bf16 q, k, v multiply: -1 by CPU (preferred()), 0 widened to float, 1 on the dot
+/// product. Tests set it to cover both ways on any host.
+inline int& choice() {
+  static int c = -1;
+  return c;
+}
+
+/// Does the dot product beat widening bf16 to float and running the float kernels? Not on
+/// Intel cores: there vdpbf16ps issues on one port at half the rate of two-port FP32 FMAs,
+/// and on an Emerald Rapids host bf16 attention ran at 76 GFLOP/s on it against 120 widened
+/// (float inputs: 130; N 2048, D 128, one thread). On Zen 5 the dot product runs 1.6-1.7x
+/// float. Fixed per machine: the two ways round differently (p.v's probabilities are bf16 on
+/// the dot product), and a call must not change its results from run to run.
+inline bool preferred() {
+  static const bool by_cpu = !__builtin_cpu_is("intel");
+  return choice() < 0 ? by_cpu : choice() == 1;
+}
+
 ATTNKIT_ALWAYS_INLINE __m512i broadcast_pair(const void* p) {
   std::int32_t x;
   std::memcpy(&x, p, sizeof x);
