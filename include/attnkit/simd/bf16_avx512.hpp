@@ -26,10 +26,9 @@ inline int& choice() {
 }
 
 /// Does the dot product beat widening bf16 to float and running the float kernels? Not on
-/// Intel cores: there vdpbf16ps issues on one port at half the rate of two-port FP32 FMAs,
-/// and on an Emerald Rapids host bf16 attention ran at 76 GFLOP/s on it against 120 widened
-/// (float inputs: 130; N 2048, D 128, one thread). On Zen 5 the dot product runs 1.6-1.7x
-/// float. Fixed per machine: the two ways round differently (p.v's probabilities are bf16 on
+/// Intel cores, where vdpbf16ps delivers about half the multiply-adds per cycle that FP32
+/// FMAs do: on an Emerald Rapids host bf16 attention ran at 76 GFLOP/s on it against 120
+/// widened (float inputs: 130; N 2048, D 128, one thread). On Zen 5 it runs 1.6-1.7x float. Fixed per machine: the two ways round differently (p.v's probabilities are bf16 on
 /// the dot product), and a call must not change its results from run to run.
 inline bool preferred() {
   static const bool by_cpu = !__builtin_cpu_is("intel");
