@@ -42,6 +42,24 @@ inline std::uint32_t fresh_seed() {
   CAPTURE(name##_seed);                                         \
   std::mt19937 name(name##_seed)
 
+/// Runs f() for each way bf16 q, k, v can multiply in this build: on the AVX512_BF16 dot
+/// product and widened to float (the CPU picks one, bf16dot::preferred; tests cover both).
+template <class F>
+void for_each_bf16_way(F&& f) {
+#if defined(__AVX512BF16__)
+  struct restore {
+    ~restore() { attnkit::detail::simd::bf16dot::choice() = -1; }
+  } restore_choice;
+  for (int way : {0, 1}) {
+    INFO((way ? "bf16 on the dot product" : "bf16 widened to float"));
+    attnkit::detail::simd::bf16dot::choice() = way;
+    f();
+  }
+#else
+  f();
+#endif
+}
+
 /// Memory layouts the tests exercise. `strided` is not contiguous on any axis: the dim stride
 /// is 2, the seq stride is padded, and heads/batch strides have gaps too.
 enum class layout { bhsd, bshd, strided };

@@ -577,10 +577,6 @@ TEMPLATE_TEST_CASE("matches reference: 16-bit inputs and outputs", "[softmax][ha
 
 #if defined(__AVX512BF16__)
 TEST_CASE("matches reference: bf16 q, k, v both on the dot product and widened to float", "[softmax][half]") {
-  // The CPU picks one way (bf16dot::preferred); each must stand on its own.
-  struct restore {
-    ~restore() { attnkit::detail::simd::bf16dot::choice() = -1; }
-  } restore_choice;
   ATTNKIT_SEEDED_RNG(gen);
   problem s;
   s.B = 1, s.Hq = 4, s.Hkv = 2, s.Nq = 130, s.Nk = 200, s.D = 64, s.Dv = 48;
@@ -589,12 +585,11 @@ TEST_CASE("matches reference: bf16 q, k, v both on the dot product and widened t
   p.causal = GENERATE(false, true);
   const result<float> ref = run_ref(p, in.q, in.k, in.v);
   std::vector<result<float>> fast;
-  for (int way : {0, 1}) {
-    INFO((way ? "dot product" : "widened"));
-    attnkit::detail::simd::bf16dot::choice() = way;
+  for_each_bf16_way([&] {
     fast.push_back(run_fast<float>(p, in.q, in.k, in.v));
     check_matches(fast.back(), ref, half_tol);
-  }
+  });
+  REQUIRE(fast.size() == 2);
   CHECK_FALSE(same_bits(fast[0].out, fast[1].out));  // two ways ran: p.v rounds p to bf16 on the dot product
 }
 #endif
