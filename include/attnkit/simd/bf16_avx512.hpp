@@ -28,8 +28,9 @@ inline int& choice() {
 /// Does the dot product beat widening bf16 to float and running the float kernels? Not on
 /// Intel cores, where vdpbf16ps delivers about half the multiply-adds per cycle that FP32
 /// FMAs do: on an Emerald Rapids host bf16 attention ran at 76 GFLOP/s on it against 120
-/// widened (float inputs: 130; N 2048, D 128, one thread). On Zen 5 it runs 1.6-1.7x float. Fixed per machine: the two ways round differently (p.v's probabilities are bf16 on
-/// the dot product), and a call must not change its results from run to run.
+/// widened (float inputs: 130; N 2048, D 128, one thread). On Zen 5 it runs 1.6-1.7x float.
+/// Fixed per machine: the two ways round differently (p.v's probabilities are bf16 on the dot
+/// product), and a call must not change its results from run to run.
 inline bool preferred() {
   static const bool by_cpu = !__builtin_cpu_is("intel");
   return choice() < 0 ? by_cpu : choice() == 1;
