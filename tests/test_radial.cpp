@@ -123,10 +123,10 @@ TEST_CASE("reference rules == dense_mask on random configurations (both modes, s
   std::uniform_int_distribution<int> coin(0, 1);
   for (int trial = 0; trial < 120; ++trial) {
     const bool official = trial % 2 == 1;
-    const index_t f = fr(gen), s = tpf(gen);
-    const attnkit::radial p = make_radial(f, s, sink(gen), official ? mode::official_blocks : mode::token, bs(gen),
-                                          gamma(gen), coin(gen) == 1);
-    const index_t n = f * s + extra(gen);
+    const index_t f = fr(gen), s = tpf(gen), n = f * s + extra(gen);
+    // official_blocks needs b <= N (a block larger than the sequence is refused)
+    const attnkit::radial p = make_radial(f, s, sink(gen), official ? mode::official_blocks : mode::token,
+                                          std::min(bs(gen), n), gamma(gen), coin(gen) == 1);
     INFO(describe(p) << " N=" << n);
     const auto mask = attnkit::dense_mask(p, n, n);
     const auto ref = reference_mask(p, n);

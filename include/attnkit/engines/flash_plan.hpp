@@ -39,8 +39,8 @@ struct flash_plan;
 struct problem {
   index_t batch, q_heads, kv_heads, group, nq, nk, d, dv;
   index_t rows_per_group;   // group * nq: the rows that share one KV head
-  float scale2;             // scale * log2(e)
-  float cap2;               // softcap * log2(e); 0: off
+  float scale, scale2;      // the softmax scale, and scale * log2(e)
+  float softcap, cap2;      // softcap, and softcap * log2(e); 0: off
   const float* slopes;      // ALiBi slope per query head, or null
 };
 

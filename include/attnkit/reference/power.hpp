@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "../core/checked.hpp"
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
 #include "../variants/power.hpp"
@@ -34,7 +35,7 @@ inline bool power_visible(const attnkit::power& p, index_t i, index_t j, index_t
   const index_t pos = i + (nk - nq);
   const index_t bq = power_floor_div(pos, p.block_size);
   const index_t bk = j / p.block_size;
-  const bool sink = j < p.sink_blocks * p.block_size;
+  const bool sink = j < attnkit::detail::saturating_mul(p.sink_blocks, p.block_size);  // S * b may exceed 2^63
   if (p.causal) {
     if (j > pos) return false;
     const index_t delta = bq - bk;  // >= 0 because j <= pos

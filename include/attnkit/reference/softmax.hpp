@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/checked.hpp"
 #include "../core/checks.hpp"
 #include "../core/config.hpp"
 #include "../core/options.hpp"
@@ -26,8 +27,9 @@ inline bool softmax_visible(const attnkit::softmax& p, index_t i, index_t j, ind
   if (i >= lq || j >= lk) return false;         // padding
   const index_t pos = i + (lk - lq);             // bottom-right aligned position of row i
   if (p.causal && j > pos) return false;
-  if (p.window_left >= 0 && j < pos - p.window_left) return false;
-  if (p.window_right >= 0 && j > pos + p.window_right) return false;
+  // pos +- window saturates: a window wider than any sequence is unbounded.
+  if (p.window_left >= 0 && j < attnkit::detail::saturating_add(pos, -p.window_left)) return false;
+  if (p.window_right >= 0 && j > attnkit::detail::saturating_add(pos, p.window_right)) return false;
   return true;
 }
 

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash_plan.hpp"
@@ -67,7 +68,7 @@ struct is_custom<custom<Keep, Score, Block>> : std::true_type {};
 
 template <class Keep, class Score, class Block>
 void validate(const custom<Keep, Score, Block>& p, index_t, index_t, index_t, index_t) {
-  require(std::isfinite(p.scale), "custom: scale = ", p.scale, ", expected a finite value");
+  validate_scale("custom", p.scale);
 }
 
 }  // namespace detail
@@ -117,8 +118,7 @@ struct flash_plan<custom<Keep, Score, Block>> {
 /// Which keys each query attends to, for batch entry 0 and query head 0 (row-major nq x nk bytes).
 template <class Keep, class Score, class Block>
 std::vector<std::uint8_t> dense_mask(const custom<Keep, Score, Block>& p, index_t nq, index_t nk) {
-  detail::require(nq >= 0 && nk >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected >= 0");
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  std::vector<std::uint8_t> mask(detail::mask_elements(nq, nk), 0);
   for (index_t i = 0; i < nq; ++i)
     for (index_t j = 0; j < nk; ++j) mask[static_cast<std::size_t>(i * nk + j)] = p.keep(index_t(0), index_t(0), i, j) ? 1 : 0;
   return mask;

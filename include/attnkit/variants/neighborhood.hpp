@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash_plan.hpp"
@@ -84,7 +85,7 @@ bool neighborhood_keeps(const neighborhood<Rank>& p, index_t t, index_t u) {
 template <int Rank>
 index_t grid_size(const std::array<index_t, Rank>& shape) {
   index_t n = 1;
-  for (index_t s : shape) n *= s;
+  for (index_t s : shape) n = checked_mul(n, s, "neighborhood: the grid size prod(shape)");
   return n;
 }
 
@@ -95,8 +96,8 @@ void validate_pattern(const neighborhood<Rank>& p) {
     require(p.kernel[a] >= 1, "neighborhood: kernel[", a, "] = ", p.kernel[a], ", expected >= 1");
     require(p.dilation[a] >= 1, "neighborhood: dilation[", a, "] = ", p.dilation[a], ", expected >= 1");
     require(p.stride[a] >= 1, "neighborhood: stride[", a, "] = ", p.stride[a], ", expected >= 1");
-    require(p.kernel[a] * p.dilation[a] <= p.shape[a], "neighborhood: kernel[", a, "] * dilation[", a, "] = ",
-            p.kernel[a] * p.dilation[a], ", expected at most shape[", a, "] = ", p.shape[a],
+    require(saturating_mul(p.kernel[a], p.dilation[a]) <= p.shape[a], "neighborhood: kernel[", a, "] * dilation[",
+            a, "] = ", p.kernel[a], " * ", p.dilation[a], ", expected at most shape[", a, "] = ", p.shape[a],
             " (window larger than the grid)");
     require(p.stride[a] <= p.kernel[a], "neighborhood: stride[", a, "] = ", p.stride[a], ", expected at most kernel[",
             a, "] = ", p.kernel[a]);
@@ -106,7 +107,7 @@ void validate_pattern(const neighborhood<Rank>& p) {
 /// Checks the policy against the call's shapes (shapes themselves are checked by attention()).
 template <int Rank>
 void validate(const neighborhood<Rank>& p, index_t, index_t, index_t nq, index_t nk) {
-  require(std::isfinite(p.scale), "neighborhood: scale = ", p.scale, ", expected a finite value");
+  validate_scale("neighborhood", p.scale);
   validate_pattern(p);
   const index_t n = grid_size<Rank>(p.shape);
   require(nq == n, "neighborhood: q.seq() = ", nq, ", expected the grid size prod(shape) = ", n);
@@ -289,7 +290,7 @@ std::vector<std::uint8_t> dense_mask(const neighborhood<Rank>& p, index_t nq, in
   detail::validate_pattern(p);
   const index_t n = detail::grid_size<Rank>(p.shape);
   detail::require(nq == n && nk == n, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected both = prod(shape) = ", n);
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  std::vector<std::uint8_t> mask(detail::mask_elements(nq, nk), 0);
   for (index_t t = 0; t < nq; ++t)
     for (index_t u = 0; u < nk; ++u) mask[static_cast<std::size_t>(t * nk + u)] = detail::neighborhood_keeps(p, t, u);
   return mask;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash_plan.hpp"
@@ -30,15 +31,16 @@ namespace detail {
 inline bool power_keeps_distance(const power& p, index_t delta) {
   if (delta < p.window_blocks) return true;
   if ((delta & (delta - 1)) != 0) return false;
-  return p.max_power < 0 || (p.max_power < 62 && delta <= (index_t(1) << p.max_power));
+  // 2^62 and up exceed every distance: as unlimited as -1.
+  return p.max_power < 0 || p.max_power >= 62 || delta <= (index_t(1) << p.max_power);
 }
 
 /// Does query row i attend to key j? (absolute position i + nk - nq: bottom-right aligned)
 inline bool power_keeps(const power& p, index_t i, index_t j, index_t nq, index_t nk) {
   const index_t pos = i + nk - nq;
   if (p.causal && j > pos) return false;
-  if (j < p.sink_blocks * p.block_size) return true;
-  const index_t bq = pos >= 0 ? pos / p.block_size : -((-pos + p.block_size - 1) / p.block_size);  // floor
+  if (j < saturating_mul(p.sink_blocks, p.block_size)) return true;
+  const index_t bq = floor_div(pos, p.block_size);
   const index_t bk = j / p.block_size;
   const index_t delta = p.causal ? bq - bk : (bq > bk ? bq - bk : bk - bq);
   return delta >= 0 && power_keeps_distance(p, delta);
@@ -52,7 +54,7 @@ inline void validate_pattern(const power& p) {
 }
 
 inline void validate(const power& p, index_t, index_t, index_t, index_t) {
-  require(std::isfinite(p.scale), "power: scale = ", p.scale, ", expected a finite value");
+  validate_scale("power", p.scale);
   validate_pattern(p);
 }
 
@@ -85,14 +87,14 @@ struct flash_plan<power> {
       const index_t pos = i + pb.nk - pb.nq;
       t.live[r] = pb.nk > 0 && (!p.causal || pos >= 0);
       t.aux[5][r] = static_cast<std::int32_t>(p.causal ? std::max<index_t>(pos, -1) : pb.nk);
-      const index_t bq = pos >= 0 ? pos / p.block_size : -((-pos + p.block_size - 1) / p.block_size);  // floor
+      const index_t bq = floor_div(pos, p.block_size);
       t.aux[0][r] = static_cast<std::int32_t>(bq);
     });
   }
 
   template <int Br, class F>
   void for_each_run(index_t, tile_rows<Br>& t, F&& f) const {
-    const index_t nblocks = (pb.nk + p.block_size - 1) / p.block_size;
+    const index_t nblocks = ceil_div(pb.nk, p.block_size);
     index_t last_block = -1;
     for (int r = 0; r < t.rows; ++r)
       if (t.live[r]) last_block = std::max<index_t>(last_block, p.causal ? t.aux[5][r] / p.block_size : nblocks - 1);
@@ -116,8 +118,7 @@ struct flash_plan<power> {
 /// Which keys each query attends to (row-major nq x nk bytes, 1 = attends).
 inline std::vector<std::uint8_t> dense_mask(const power& p, index_t nq, index_t nk) {
   detail::validate_pattern(p);
-  detail::require(nq >= 0 && nk >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected >= 0");
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  std::vector<std::uint8_t> mask(detail::mask_elements(nq, nk), 0);
   for (index_t i = 0; i < nq; ++i)
     for (index_t j = 0; j < nk; ++j) mask[static_cast<std::size_t>(i * nk + j)] = detail::power_keeps(p, i, j, nq, nk);
   return mask;

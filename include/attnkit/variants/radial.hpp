@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash_plan.hpp"
@@ -107,12 +108,14 @@ inline void validate_pattern(const radial& p, index_t n) {
           ", expected a finite value > 0");
   require(p.mode == radial::mode_kind::token || p.mode == radial::mode_kind::official_blocks,
           "radial: mode = ", static_cast<int>(p.mode), ", expected token or official_blocks");
-  require(p.frames * p.tokens_per_frame <= n, "radial: frames * tokens_per_frame = ", p.frames * p.tokens_per_frame,
-          ", expected at most the sequence length ", n);
+  require(saturating_mul(p.frames, p.tokens_per_frame) <= n, "radial: frames * tokens_per_frame = ", p.frames, " * ",
+          p.tokens_per_frame, ", expected at most the sequence length ", n);
+  require(p.mode != radial::mode_kind::official_blocks || p.block_size <= n, "radial: block_size = ", p.block_size,
+          ", expected at most the sequence length ", n, " in official_blocks mode");
 }
 
 inline void validate(const radial& p, index_t, index_t, index_t nq, index_t nk) {
-  require(std::isfinite(p.scale), "radial: scale = ", p.scale, ", expected a finite value");
+  validate_scale("radial", p.scale);
   require(nq == nk, "radial: q.seq() = ", nq, ", expected k.seq() = ", nk, " (self-attention)");
   validate_pattern(p, nk);
 }
@@ -225,11 +228,12 @@ struct flash_plan<radial> {
 
 /// Which keys each query attends to (row-major nq x nk bytes, 1 = attends).
 inline std::vector<std::uint8_t> dense_mask(const radial& p, index_t nq, index_t nk) {
-  detail::require(nq == nk && nq >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected equal and >= 0");
+  detail::require(nq == nk, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected equal");
+  const std::size_t elements = detail::mask_elements(nq, nk);
   detail::validate_pattern(p, nk);
   const std::vector<std::uint8_t> bm =
       p.mode == radial::mode_kind::official_blocks ? detail::radial_block_mask(p, nk) : std::vector<std::uint8_t>{};
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  std::vector<std::uint8_t> mask(elements, 0);
   for (index_t q = 0; q < nq; ++q)
     for (index_t t = 0; t < nk; ++t) mask[static_cast<std::size_t>(q * nk + t)] = detail::radial_keeps(p, bm, nk, q, t);
   return mask;

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "../core/checks.hpp"
 #include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash_plan.hpp"
@@ -64,8 +65,9 @@ inline key_span softmax_span(const softmax& p, index_t b, index_t i, index_t nq,
   const index_t pos = i + lk - lq;
   index_t lo = 0, hi = lk - 1;
   if (p.causal) hi = std::min(hi, pos);
-  if (p.window_right >= 0) hi = std::min(hi, pos + p.window_right);
-  if (p.window_left >= 0) lo = std::max(lo, pos - p.window_left);
+  // Windows wider than any sequence saturate: "unbounded", never an overflow.
+  if (p.window_right >= 0) hi = std::min(hi, saturating_add(pos, p.window_right));
+  if (p.window_left >= 0) lo = std::max(lo, saturating_add(pos, -p.window_left));
   return {lo, hi};
 }
 
@@ -76,16 +78,16 @@ inline float effective_scale(float scale, index_t head_dim) {
 
 /// Checks the policy's own fields (shapes are checked by attention()).
 inline void validate(const softmax& p, index_t batch, index_t q_heads, index_t nq, index_t nk) {
-  require(nk <= std::numeric_limits<std::int32_t>::max(), "softmax: k.seq() = ", nk, ", expected at most 2^31 - 1");
-  require(std::isfinite(p.scale), "softmax: scale = ", p.scale, ", expected a finite value");
-  require(std::isfinite(p.softcap) && p.softcap >= 0, "softmax: softcap = ", p.softcap,
-          ", expected a finite value >= 0");
+  validate_scale("softmax", p.scale);
+  // 0 is off; otherwise softcap and 1/softcap (both used, in base-2 units) stay finite.
+  require(p.softcap == 0 || (p.softcap >= 0x1p-126f && p.softcap <= max_multiplier), "softmax: softcap = ",
+          p.softcap, ", expected 0 (off) or a value in [2^-126, 2^127]");
   require(p.window_left >= -1, "softmax: window_left = ", p.window_left, ", expected >= -1");
   require(p.window_right >= -1, "softmax: window_right = ", p.window_right, ", expected >= -1");
   if (p.alibi_slopes)
     for (index_t h = 0; h < q_heads; ++h)
-      require(std::isfinite(p.alibi_slopes[h]), "softmax: alibi_slopes[", h, "] = ", p.alibi_slopes[h],
-              ", expected a finite value");
+      require(std::isfinite(p.alibi_slopes[h]) && std::fabs(p.alibi_slopes[h]) <= max_multiplier,
+              "softmax: alibi_slopes[", h, "] = ", p.alibi_slopes[h], ", expected a finite value of magnitude at most 2^127");
   for (index_t b = 0; b < batch; ++b) {
     if (p.key_lens)
       require(p.key_lens[b] >= 0 && p.key_lens[b] <= nk, "softmax: key_lens[", b, "] = ", p.key_lens[b],
@@ -156,10 +158,9 @@ struct flash_plan<softmax> {
 /// Which keys each query attends to (row-major nq x nk bytes, 1 = attends); per-batch
 /// lengths are ignored (a pattern is drawn for full-length sequences).
 inline std::vector<std::uint8_t> dense_mask(const softmax& p, index_t nq, index_t nk) {
-  detail::require(nq >= 0 && nk >= 0, "dense_mask: nq = ", nq, ", nk = ", nk, ", expected >= 0");
   softmax full = p;
   full.key_lens = full.query_lens = nullptr;
-  std::vector<std::uint8_t> mask(static_cast<std::size_t>(nq * nk), 0);
+  std::vector<std::uint8_t> mask(detail::mask_elements(nq, nk), 0);
   for (index_t i = 0; i < nq; ++i) {
     const detail::key_span s = detail::softmax_span(full, 0, i, nq, nk);
     for (index_t j = s.lo; j <= s.hi; ++j) mask[static_cast<std::size_t>(i * nk + j)] = 1;
