@@ -80,28 +80,47 @@ void merge_states(tensor_view<T, Space> out_a, float* lse_a, tensor_view<const s
                   const float* lse_b) {
   static_assert(std::is_same_v<Space, host>, "attnkit: merge_states on CUDA views needs nvcc");
   static_assert(detail::is_element_v<T> && !std::is_const_v<T>, "attnkit: merge_states needs float, bf16 or f16");
-  detail::check_view("out_a", out_a);
-  detail::check_view("out_b", out_b);
+  detail::check_view("merge_states", "out_a", out_a);
+  detail::check_view("merge_states", "out_b", out_b);
   for (int a = 0; a < 4; ++a)
     detail::require(out_a.extent(a) == out_b.extent(a), "merge_states: out_b.extent(", a, ") = ", out_b.extent(a),
                     ", expected out_a.extent(", a, ") = ", out_a.extent(a));
   const index_t rows = out_a.batch() * out_a.heads() * out_a.seq();
   detail::require(rows == 0 || (lse_a != nullptr && lse_b != nullptr), "merge_states: lse_a and lse_b must not be null");
-  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  detail::require(!detail::overlaps_itself(out_a), "merge_states: out_a has elements that share memory");
+  detail::require(!detail::share_memory(out_a, out_b), "merge_states: out_b shares memory with out_a");
+  if (rows == 0) return;
+  const tensor_view<const float, Space> la(lse_a, {1, 1, 1, rows}, {rows, rows, rows, 1}),
+      lb(lse_b, {1, 1, 1, rows}, {rows, rows, rows, 1});
+  detail::check_view("merge_states", "lse_a", la);
+  detail::check_view("merge_states", "lse_b", lb);
+  detail::require(!detail::share_memory(la, out_a) && !detail::share_memory(la, out_b),
+                  "merge_states: lse_a shares memory with out_a or out_b");
+  detail::require(!detail::share_memory(lb, out_a), "merge_states: lse_b shares memory with out_a");
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  for (index_t r = 0; r < rows; ++r) {
+    // -inf marks an empty partial result; +inf and NaN are no log-sum-exp of finite scores.
+    detail::require(!std::isnan(lse_a[r]) && lse_a[r] != inf, "merge_states: lse_a[", r, "] = ", lse_a[r],
+                    ", expected a finite value or -inf");
+    detail::require(!std::isnan(lse_b[r]) && lse_b[r] != inf, "merge_states: lse_b[", r, "] = ", lse_b[r],
+                    ", expected a finite value or -inf");
+  }
   for (index_t b = 0; b < out_a.batch(); ++b)
     for (index_t h = 0; h < out_a.heads(); ++h)
       for (index_t i = 0; i < out_a.seq(); ++i) {
         const index_t r = (b * out_a.heads() + h) * out_a.seq() + i;
-        const float la = lse_a[r], lb = lse_b[r];
-        const float m = std::max(la, lb);
-        if (m == neg_inf) {
+        const float m = std::max(lse_a[r], lse_b[r]);
+        if (m == -inf) {
           for (index_t d = 0; d < out_a.dim(); ++d) out_a(b, h, i, d) = detail::from_float<T>(0.f);
-          lse_a[r] = neg_inf;
+          lse_a[r] = -inf;
           continue;
         }
-        const float wa = std::exp(la - m), wb = std::exp(lb - m), sum = wa + wb;
+        // Weights normalised first: the result is a convex combination, so finite parts
+        // never overflow (3e38 + 3e38 would).
+        const float wa = std::exp(lse_a[r] - m), wb = std::exp(lse_b[r] - m), sum = wa + wb;
+        const float ca = wa / sum, cb = wb / sum;
         for (index_t d = 0; d < out_a.dim(); ++d) {
-          const float merged = (wa * detail::to_float(out_a(b, h, i, d)) + wb * detail::to_float(out_b(b, h, i, d))) / sum;
+          const float merged = ca * detail::to_float(out_a(b, h, i, d)) + cb * detail::to_float(out_b(b, h, i, d));
           out_a(b, h, i, d) = detail::from_float<T>(merged);
         }
         lse_a[r] = m + std::log(sum);

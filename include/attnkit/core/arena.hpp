@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdlib>
+#include <deque>
 #include <new>
 
 namespace attnkit::detail {
@@ -34,10 +35,36 @@ class arena {
   std::size_t capacity_ = 0;
 };
 
-/// The calling thread's arena.
-inline arena& thread_arena() {
-  thread_local arena a;
-  return a;
-}
+/// Scratch memory of one work item: the calling thread's arena for the current nesting level.
+/// A lease holds its arena until it ends; an attention() call made meanwhile on the same
+/// thread (from a user callback) leases the next level's arena, so it never reuses or frees
+/// the memory its caller is working in.
+class scratch_lease {
+ public:
+  scratch_lease() : level_(depth()++) {
+    std::deque<arena>& levels = arenas();
+    while (levels.size() <= level_) levels.emplace_back();  // a deque: arenas never move
+    arena_ = &levels[level_];
+  }
+  ~scratch_lease() { --depth(); }
+  scratch_lease(const scratch_lease&) = delete;
+  scratch_lease& operator=(const scratch_lease&) = delete;
+
+  /// `bytes` of 64-byte aligned memory, valid until the lease ends or reserves again.
+  void* reserve(std::size_t bytes) { return arena_->reserve(bytes); }
+
+ private:
+  // Kept per thread between calls, so repeated calls reuse their pages.
+  static std::size_t& depth() {
+    thread_local std::size_t level = 0;
+    return level;
+  }
+  static std::deque<arena>& arenas() {
+    thread_local std::deque<arena> levels;
+    return levels;
+  }
+  std::size_t level_;
+  arena* arena_;
+};
 
 }  // namespace attnkit::detail

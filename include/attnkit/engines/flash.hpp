@@ -53,6 +53,22 @@ struct geometry {
   using rows = tile_rows<Br>;
 };
 
+/// The online softmax's running state of one tile, per row (in lanes): max m and sum l in
+/// base-2 units, and what tells that float was not enough for the tile: the lowest score
+/// (before masking), -inf only when a q.k overflowed, and raw_nonfinite, set when a custom
+/// policy's callables met an overflowed or NaN score. The tile then runs exactly (run_exact).
+template <class G>
+struct running {
+  typename G::V m[G::NR], l[G::NR], low[G::NR];
+  bool raw_nonfinite = false;
+
+  void reset() {
+    for (int n = 0; n < G::NR; ++n)
+      m[n] = typename G::V(neg_inf), l[n] = typename G::V(0.f), low[n] = typename G::V(0.f);
+    raw_nonfinite = false;
+  }
+};
+
 /// Key rows first, first + step, ... (n of them) of head (b, h) of t as floats with unit
 /// stride along dim; points into t itself when it already is, otherwise converts into buf.
 template <class T>
@@ -126,33 +142,39 @@ index_t tile_keys(const Plan& plan, typename G::rows& t, index_t b) {
 }
 
 /// Custom policies: keep() masks and score() transforms each score of a chunk (scalar calls).
+/// Returns whether a kept key's score (before score()) was infinite or NaN.
 template <class G, class Plan>
-void apply_token_callables(const Plan& plan, const typename G::rows& t, index_t b, const chunk& c, float* s) {
-  if (!c.token_mask && !Plan::has_score) return;
+bool apply_token_callables(const Plan& plan, const typename G::rows& t, index_t b, const chunk& c, float* s) {
+  bool nonfinite = false;
   for (int j = 0; j < c.nkeys; ++j) {
     const index_t key = c.key0 + j * c.step;
     for (int r = 0; r < t.rows; ++r) {
       float& x = s[j * G::Br + r];
       if (c.token_mask && !plan.keep(b, t.head[r], t.query[r], key)) {
         x = neg_inf;
-      } else if constexpr (Plan::has_score) {
-        x = plan.score(x * ln2, b, t.head[r], t.query[r], key) * log2e;
+        continue;
       }
+      nonfinite = nonfinite || !std::isfinite(x);
+      if constexpr (Plan::has_score) x = plan.score(x * ln2, b, t.head[r], t.query[r], key) * log2e;
     }
   }
+  return nonfinite;
 }
 
 /// One online-softmax step over a chunk whose scores s[j][row] (base 2) are computed:
-/// transform, mask (partial chunks only), new running max, exponentials in place, rescale.
-template <class G, bool Cap, bool Alibi, bool Mask>
+/// transform, lowest score (TrackLow: scores no callable has masked), mask (partial chunks
+/// only), new running max, exponentials in place, rescale.
+template <class G, bool Cap, bool Alibi, bool Mask, bool TrackLow>
 ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename G::rows& t, const chunk& c,
-                                               float* s, typename G::V* m, typename G::V* l, float* ot) {
+                                               float* s, running<G>& st, float* ot) {
+  typename G::V* m = st.m;
+  typename G::V* l = st.l;
   using V = typename G::V;
   using IV = simd::ivec<typename G::arch>;
   const int nkeys = c.nkeys;
   for (int n = 0; n < G::NR; ++n) {
     const int lane0 = n * G::W;
-    V mx = m[n];
+    V mx = m[n], low = st.low[n];
     [[maybe_unused]] const IV lo = IV::load_aligned(t.lo + lane0), hi = IV::load_aligned(t.hi + lane0);
     [[maybe_unused]] const V pos = V::load_aligned(t.pos + lane0), slope = V::load_aligned(t.slope2 + lane0);
     [[maybe_unused]] const V cap(pb.cap2), inv_cap(Cap ? 1.f / pb.cap2 : 0.f);
@@ -163,6 +185,7 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
       if constexpr (G::bf16_dot) x *= scale;  // q stays exact in bf16, so the scale comes here
       if constexpr (Cap) x = cap * simd::tanh<typename G::arch>(x * inv_cap);
       if constexpr (Alibi) x = xsimd::fnma(slope, xsimd::abs(pos - V(static_cast<float>(c.key0 + j * c.step))), x);
+      if constexpr (TrackLow) low = xsimd::min(low, x);
       if constexpr (Mask) {
         const IV jv(static_cast<std::int32_t>(c.pos0 + j));
         const auto visible = (jv >= lo) & (jv <= hi);
@@ -183,6 +206,7 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
     }
     l[n] = xsimd::fma(l[n], alpha, sum);
     m[n] = mx;
+    st.low[n] = low;
     if (xsimd::any(alpha != V(1.f))) {
       if constexpr (G::rows_in_lanes) {
         for (index_t col = 0; col < pb.dv; ++col) {
@@ -202,18 +226,25 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
 /// The masking and softmax of one chunk: token callables, then spans on partial chunks.
 template <class G, bool Cap, bool Alibi, class Plan>
 ATTNKIT_ALWAYS_INLINE void softmax_chunk(const Plan& plan, const problem& pb, const typename G::rows& t, index_t b,
-                                         const chunk& c, float* s, typename G::V* m, typename G::V* l, float* ot) {
-  if constexpr (Plan::token_callables) apply_token_callables<G>(plan, t, b, c, s);
+                                         const chunk& c, float* s, running<G>& st, float* ot) {
+  if constexpr (Plan::token_callables) {
+    // keep() writes -inf and score() may return it: the callables check the raw scores.
+    if (c.token_mask || Plan::has_score) {
+      st.raw_nonfinite = apply_token_callables<G>(plan, t, b, c, s) || st.raw_nonfinite;
+      return online_softmax_step<G, Cap, Alibi, false, false>(pb, t, c, s, st, ot);
+    }
+  }
   if (c.partial)
-    online_softmax_step<G, Cap, Alibi, true>(pb, t, c, s, m, l, ot);
+    online_softmax_step<G, Cap, Alibi, true, true>(pb, t, c, s, st, ot);
   else
-    online_softmax_step<G, Cap, Alibi, false>(pb, t, c, s, m, l, ot);
+    online_softmax_step<G, Cap, Alibi, false, true>(pb, t, c, s, st, ot);
 }
 
 /// Scratch of one worker, carved from its arena: packed Q, the output accumulator, the score
 /// tile, converted K/V chunks, and (bf16 dot) the probabilities packed in pairs. 32-bit slots.
 template <class G>
 struct scratch {
+  scratch_lease lease;
   float *qt, *ot, *s, *kbuf, *vbuf, *pp;
 
   explicit scratch(const problem& pb) {
@@ -221,7 +252,7 @@ struct scratch {
     const std::size_t nqt = slots(pb.d * G::Br), not_ = slots(pb.dv * G::Br), ns = slots(G::Bc * G::Br),
                       nk = slots(G::Bc * (pb.d + 1)), nv = slots(G::Bc * pb.dv),
                       npp = G::bf16_dot ? slots(G::Bc / 2 * G::Br) : 0;
-    float* base = static_cast<float*>(thread_arena().reserve((nqt + not_ + ns + nk + nv + npp) * sizeof(float)));
+    float* base = static_cast<float*>(lease.reserve((nqt + not_ + ns + nk + nv + npp) * sizeof(float)));
     qt = base;
     ot = qt + nqt;
     s = ot + not_;
@@ -261,8 +292,7 @@ bool pack_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]]
 template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt>
 void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const Q>& q,
                   const tensor_view<const K>& k, const tensor_view<const Vt>& v, index_t b, index_t hkv,
-                  index_t kbeg, index_t kend, const scratch<G>& sc, typename G::V* m, typename G::V* l) {
-  using V = typename G::V;
+                  index_t kbeg, index_t kend, const scratch<G>& sc, running<G>& st) {
   // Q pre-scaled into base-2 units, transposed when rows are lanes; padding rows are zero.
   if (!pack_rows_in_registers<G>(pb, t, q, b, sc.qt)) {
     const index_t row_step = G::rows_in_lanes ? 1 : pb.d, dim_step = G::rows_in_lanes ? G::Br : 1;
@@ -278,7 +308,7 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
     }
   }
   std::fill(sc.ot, sc.ot + pb.dv * G::Br, 0.f);
-  for (int n = 0; n < G::NR; ++n) m[n] = V(neg_inf), l[n] = V(0.f);
+  st.reset();
 
   for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& c) {
     index_t ks, vs;
@@ -291,7 +321,7 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
     } else {
       simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s, rows_of(v, b, hkv, c.key0, c.step));
     }
-    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, m, l, sc.ot);
+    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, st, sc.ot);
     const float* vp = float_rows(v, b, hkv, c.key0, c.step, c.nkeys, sc.vbuf, vs);
     if constexpr (G::rows_in_lanes)
       simd::pv_tile<G>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot, rows_of(k, b, hkv, c.key0 + c.nkeys * c.step, c.step),
@@ -308,8 +338,7 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
 template <class G, bool Cap, bool Alibi, class Plan>
 void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const bf16>& q,
                        const tensor_view<const bf16>& k, const tensor_view<const bf16>& v, index_t b, index_t hkv,
-                       index_t kbeg, index_t kend, const scratch<G>& sc, typename G::V* m, typename G::V* l) {
-  using V = typename G::V;
+                       index_t kbeg, index_t kend, const scratch<G>& sc, running<G>& st) {
   const auto bits = [](const bf16* row, index_t stride, index_t c, index_t n) -> std::uint32_t {
     return c < n ? row[c * stride].bits : 0u;
   };
@@ -322,7 +351,7 @@ void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t,
       qt[c * G::Br + r] = qr ? bits(qr, qs, 2 * c, pb.d) | bits(qr, qs, 2 * c + 1, pb.d) << 16 : 0u;
   }
   std::fill(sc.ot, sc.ot + pb.dv * G::Br, 0.f);
-  for (int n = 0; n < G::NR; ++n) m[n] = V(neg_inf), l[n] = V(0.f);
+  st.reset();
 
   // K is read in place when its rows are unit-stride pairs, else copied with an even width.
   const bool k_in_place = k.stride(dim_axis) == 1 && pb.d % 2 == 0;
@@ -342,7 +371,7 @@ void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t,
       ks = 2 * pairs;
     }
     simd::bf16dot::qk_tile<G>(qt, kp, ks, pairs, ch.nkeys, sc.s);
-    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, ch, sc.s, m, l, sc.ot);
+    softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, ch, sc.s, st, sc.ot);
     simd::bf16dot::pack_probabilities<G>(sc.s, ch.nkeys, pp);
     for (int j = 0; j < ch.nkeys; j += 2) {
       const bf16* v0 = v.row(b, hkv, ch.key0 + j * ch.step);
@@ -372,6 +401,89 @@ inline index_t key_splits(index_t busy_tiles, index_t max_keys) {
   if (busy_tiles >= target_items || max_keys < 2 * min_chunk) return 1;
   const index_t wanted = (target_items + busy_tiles - 1) / busy_tiles;
   return std::max<index_t>(1, std::min(wanted, max_keys / min_chunk));
+}
+
+/// Did float fall short for this tile? In some live row: a running max of +inf or a NaN sum
+/// (an overflowed q.k or a NaN input), a score of -inf before masking (a q.k that overflowed
+/// downwards: alone in its row, float would drop the row's only keys), a callable's
+/// non-finite score, or an output accumulator past float's range (large values summed).
+template <class G>
+bool needs_exact(const problem& pb, const typename G::rows& t, const running<G>& st, const float* ot) {
+  using V = typename G::V;
+  if (st.raw_nonfinite) return true;
+  alignas(64) float m[G::Br], l[G::Br], low[G::Br], sums[G::Br];
+  for (int n = 0; n < G::NR; ++n) {
+    st.m[n].store_aligned(m + n * G::W), st.l[n].store_aligned(l + n * G::W), st.low[n].store_aligned(low + n * G::W);
+    if constexpr (G::rows_in_lanes) {  // x * 0 is NaN exactly where x is infinite or NaN
+      V probe(0.f);
+      for (index_t col = 0; col < pb.dv; ++col) probe = xsimd::fma(V::load_aligned(ot + col * G::Br + n * G::W), V(0.f), probe);
+      probe.store_aligned(sums + n * G::W);
+    }
+  }
+  if constexpr (!G::rows_in_lanes)
+    for (int r = 0; r < G::Br; ++r) {
+      sums[r] = 0.f;
+      for (index_t col = 0; col < pb.dv; ++col) sums[r] += ot[r * pb.dv + col] * 0.f;
+    }
+  for (int r = 0; r < t.rows; ++r)
+    if (t.live[r] && (m[r] == -neg_inf || std::isnan(l[r]) || low[r] == neg_inf || std::isnan(sums[r]))) return true;
+  return false;
+}
+
+/// The rows of tile t over keys [kbeg, kend) of its key sequence, in double precision and
+/// straight from the definition (spec "Reference algorithm", the online form): the path of
+/// tiles for which float fell short (needs_exact). Calls write(r, out row, natural lse) for
+/// each row; a row with no visible key gets zeros and -inf.
+template <class G, class Plan, class Q, class K, class Vt, class Write>
+void run_exact(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const Q>& q,
+               const tensor_view<const K>& k, const tensor_view<const Vt>& v, index_t b, index_t hkv, index_t kbeg,
+               index_t kend, Write&& write) {
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  const auto rows = static_cast<std::size_t>(t.rows), d = static_cast<std::size_t>(pb.d),
+             dv = static_cast<std::size_t>(pb.dv);
+  std::vector<double> qd(rows * d), acc(rows * dv, 0.0), m(rows, minus_inf), l(rows, 0.0), kd(d), vd(dv);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < d; ++c)
+      qd[r * d + c] = to_float(q(b, t.head[r], t.query[r], static_cast<index_t>(c)));
+  for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& c) {
+    for (int j = 0; j < c.nkeys; ++j) {
+      const index_t key = c.key0 + j * c.step, position = c.pos0 + j;
+      for (std::size_t e = 0; e < d; ++e) kd[e] = to_float(k(b, hkv, key, static_cast<index_t>(e)));
+      for (std::size_t e = 0; e < dv; ++e) vd[e] = to_float(v(b, hkv, key, static_cast<index_t>(e)));
+      const auto kept = [&](int r) {
+        if constexpr (Plan::token_callables)
+          if (c.token_mask) return static_cast<bool>(plan.keep(b, t.head[r], t.query[r], key));
+        return !c.partial || (t.lo[r] <= position && position <= t.hi[r]);
+      };
+      for (int r = 0; r < t.rows; ++r) {
+        if (!t.live[r] || !kept(r)) continue;
+        const std::size_t ru = static_cast<std::size_t>(r);
+        double score = 0;
+        for (std::size_t e = 0; e < d; ++e) score += qd[ru * d + e] * kd[e];
+        score *= static_cast<double>(pb.scale);
+        if (pb.softcap > 0) score = pb.softcap * std::tanh(score / pb.softcap);
+        if (pb.slopes) score -= static_cast<double>(pb.slopes[t.head[r]]) * std::fabs(double(t.pos[r]) - double(key));
+        if constexpr (Plan::has_score)
+          score = plan.score(static_cast<float>(score), b, t.head[r], t.query[r], key);
+        if (score > m[ru]) {  // a new maximum: rescale what was summed so far
+          const double alpha = std::exp(m[ru] - score);
+          for (std::size_t e = 0; e < dv; ++e) acc[ru * dv + e] *= alpha;
+          l[ru] *= alpha;
+          m[ru] = score;
+        }
+        if (score == minus_inf) continue;  // weight 0 (and no -inf - -inf)
+        const double weight = std::exp(score - m[ru]);  // NaN stays NaN
+        l[ru] += weight;
+        for (std::size_t e = 0; e < dv; ++e) acc[ru * dv + e] += weight * vd[e];
+      }
+    }
+  });
+  for (std::size_t r = 0; r < rows; ++r) {
+    double* row = acc.data() + r * dv;
+    const bool seen = t.live[r] && l[r] != 0;
+    for (std::size_t e = 0; e < dv; ++e) row[e] = seen ? row[e] / l[r] : 0.0;
+    write(static_cast<int>(r), static_cast<const double*>(row), seen ? m[r] + std::log(l[r]) : minus_inf);
+  }
 }
 
 /// Writes the normalised rows of a tile whose rows are lanes of 16 (every row that `seen`,
@@ -404,7 +516,6 @@ bool write_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]
 template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt, class O>
 void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
-  using V = typename G::V;
   const index_t tiles = plan.tiles();
   const index_t groups = pb.batch * pb.kv_heads;
 
@@ -458,21 +569,38 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     if (o.lse) o.lse[(b * pb.q_heads + hq) * pb.nq + i] = lse2 == neg_inf ? neg_inf : lse2 * ln2;
   };
 
+  // Split tiles whose float work fell short, marked per slot (each item writes its own); the
+  // merge recomputes them exactly over all their keys.
+  std::vector<char> slot_exact(splits > 1 ? static_cast<std::size_t>(groups * tiles * splits) : 0, 0);
+  const auto write_exact = [&](index_t b, const typename G::rows& t, int r, const double* row, double lse) {
+    for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(row[c]));
+    if (o.lse) o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] = static_cast<float>(lse);
+  };
+
   parallel_for(static_cast<index_t>(items.size()), o.threads, [&](index_t n) {
     const work_item& w = items[static_cast<std::size_t>(n)];
     typename G::rows t;
     plan.describe(w.b, w.hkv, w.tile, t);
     const scratch<G> sc(pb);
-    V m[G::NR], l[G::NR];
+    running<G> st;
 #if defined(__AVX512BF16__)
     if constexpr (G::bf16_dot)
-      process_tile_bf16<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
+      process_tile_bf16<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, st);
     else
 #endif
-      process_tile<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, m, l);
+      process_tile<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, st);
+    if (needs_exact<G>(pb, t, st, sc.ot)) {
+      if (w.slot >= 0) {
+        slot_exact[static_cast<std::size_t>(w.slot)] = 1;
+      } else {
+        run_exact<G>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend,
+                     [&](int r, const double* row, double lse) { write_exact(w.b, t, r, row, lse); });
+      }
+      return;
+    }
     alignas(64) float mr[G::Br], lr[G::Br];
-    for (int i = 0; i < G::NR; ++i) m[i].store_aligned(mr + i * G::W), l[i].store_aligned(lr + i * G::W);
-    const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };  // a NaN sum is seen
+    for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
+    const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };
     const bool transposed = w.slot < 0 && write_rows_in_registers<G>(pb, t, out, w.b, sc.ot, lr, seen);
     for (int r = 0; r < t.rows; ++r) {
       const float inv = seen(r) ? 1.f / lr[r] : 0.f;
@@ -502,21 +630,29 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     typename G::rows t;
     const index_t b = gt / tiles / pb.kv_heads, hkv = gt / tiles % pb.kv_heads, tile = gt % tiles;
     plan.describe(b, hkv, tile, t);
-    float* merged = static_cast<float*>(thread_arena().reserve(static_cast<std::size_t>(pb.dv) * sizeof(float)));
+    const auto first_slot = slot_exact.begin() + gt * splits;
+    if (std::find(first_slot, first_slot + splits, 1) != first_slot + splits) {
+      return run_exact<G>(plan, pb, t, q, k, v, b, hkv, 0, lengths[static_cast<std::size_t>(gt)],
+                          [&](int r, const double* row, double lse) { write_exact(b, t, r, row, lse); });
+    }
+    scratch_lease lease;
+    float* merged = static_cast<float*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(float)));
     for (int r = 0; r < t.rows; ++r) {
       const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
       float mx = neg_inf;
-      for (index_t c = 0; c < splits; ++c) mx = std::isnan(lse_of(c)) || std::isnan(mx) ? lse_of(c) : std::max(mx, lse_of(c));
+      for (index_t c = 0; c < splits; ++c) mx = std::max(mx, lse_of(c));
       std::fill(merged, merged + pb.dv, 0.f);
       float total = 0.f;
-      if (mx != neg_inf)
+      if (mx != neg_inf) {
+        for (index_t c = 0; c < splits; ++c) total += std::exp2(lse_of(c) - mx);
+        // Weights normalised first: a convex combination of finite partials stays finite.
         for (index_t c = 0; c < splits; ++c) {
-          const float wgt = std::exp2(lse_of(c) - mx);
+          const float wgt = std::exp2(lse_of(c) - mx) / total;
           const float* src = part_out.data() + ((gt * splits + c) * G::Br + r) * pb.dv;
           for (index_t d = 0; d < pb.dv; ++d) merged[d] += wgt * src[d];
-          total += wgt;
         }
-      write_row(b, t.head[r], t.query[r], merged, 1, 1.f / total, mx == neg_inf ? neg_inf : mx + std::log2(total));
+      }
+      write_row(b, t.head[r], t.query[r], merged, 1, 1.f, mx == neg_inf ? neg_inf : mx + std::log2(total));
     }
   });
 }
@@ -548,17 +684,19 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
   pb.d = q.dim();
   pb.dv = v.dim();
   pb.rows_per_group = pb.group * pb.nq;
-  pb.scale2 = effective_scale(p.scale, pb.d) * log2e;
-  pb.cap2 = 0;
+  pb.scale = effective_scale(p.scale, pb.d);
+  pb.scale2 = pb.scale * log2e;
+  pb.softcap = pb.cap2 = 0;
   pb.slopes = nullptr;
   if constexpr (std::is_same_v<Policy, softmax>) {
+    pb.softcap = p.softcap;
     pb.cap2 = p.softcap * log2e;
     pb.slopes = p.alibi_slopes;
   }
   if (pb.batch == 0 || pb.nq == 0) return;
 #if defined(__AVX512F__)
   if constexpr (is_neighborhood<Policy>::value)
-    if (strips::preferred(p)) return strips::run(p, pb, q, k, v, out, o);
+    if (strips::preferred(p) && strips::run(p, pb, q, k, v, out, o)) return;
 #endif
   using plan_t = flash_plan<Policy>;
   // Rows that share one K/V stream: few of them (decode) run along the head dimension.

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -632,9 +633,23 @@ struct task {
   int strips;
 };
 
-/// Runs neighborhood attention on strips; p must be applicable().
+/// Did float fall short for a strip? In a valid lane: a max of +inf, a NaN or zero sum (every
+/// window holds a key, so 0 means all its scores overflowed to -inf), or an output past
+/// float's range. `o`: the lanes' unnormalised output rows, `vstride` floats apart.
+inline bool falls_short(const float* o, index_t vstride, int lanes, const float* m, const float* l) {
+  for (int r = 0; r < lanes; ++r) {
+    V probe(0.f);  // x * 0 is NaN exactly where x is infinite or NaN
+    for (index_t c = 0; c < vstride; c += W) probe = xsimd::fma(V::load_unaligned(o + r * vstride + c), V(0.f), probe);
+    if (m[r] == -neg_inf || std::isnan(l[r]) || l[r] == 0.f || xsimd::any(xsimd::isnan(probe))) return true;
+  }
+  return false;
+}
+
+/// Runs neighborhood attention on strips; p must be applicable(). Returns false, with out
+/// and lse partly written, when float fell short for some strip (an overflowed q.k or sum,
+/// or a NaN): the block-sparse path, which has an exact fallback per tile, then redoes it.
 template <int Rank, class Q, class K, class Vt, class O>
-void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
+bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
          const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
   constexpr int last = Rank - 1, pair_axis = Rank - 2;  // pair_axis < 0: no pairs (1-D)
   std::array<std::vector<axis_window>, Rank> windows;  // per axis and coordinate (no divisions per task)
@@ -838,6 +853,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   constexpr double stream_output_bytes = 8.0 * (1 << 20);
   const bool stream_out = std::is_same_v<O, float> && out.stride(dim_axis) == 1 && pb.dv % W == 0 &&
                           static_cast<double>(pb.batch * pb.q_heads * pb.nq * pb.dv) * sizeof(float) >= stream_output_bytes;
+  std::atomic<bool> fell_short{false};
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
     const index_t b = work / n_items / pb.kv_heads, hkv = work / n_items % pb.kv_heads;
     const band& item = items[static_cast<std::size_t>(work % n_items)];
@@ -851,7 +867,8 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     const std::size_t qfl = static_cast<std::size_t>(pb.d * W), ofl = static_cast<std::size_t>(vstride * W);
     const std::size_t cfl = static_cast<std::size_t>(W * std::max(pb.d, pb.dv));
     const std::size_t floats = strips_per_task * (qfl + ofl + score_floats) + cfl;
-    char* base = static_cast<char*>(thread_arena().reserve(
+    scratch_lease lease;
+    char* base = static_cast<char*>(lease.reserve(
         floats * sizeof(float) + static_cast<std::size_t>(max_lines) * (4 * sizeof(float*) + 3 * sizeof(index_t) + 2)));
     task_work work_of_task{};
     float* next = reinterpret_cast<float*>(base);
@@ -985,6 +1002,10 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       for (int sn = 0; sn < tk.strips; ++sn) {
         alignas(64) float m[W], l[W];
         mx[sn].store_aligned(m), sum[sn].store_aligned(l);
+        if (falls_short(work_of_task.o[sn], vstride, first_strip.lanes, m, l)) {
+          fell_short.store(true, std::memory_order_relaxed);
+          continue;
+        }
         const index_t os = out.stride(dim_axis), token0 = flatten(tk.s[sn].x);
         for (int r = 0; r < first_strip.lanes; ++r) {
           O* row = out.row(b, hq, token0 + d * r);
@@ -1003,6 +1024,7 @@ void run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     }
     if (stream_out) _mm_sfence();  // the streamed rows are visible before the item counts as done
   });
+  return !fell_short.load();
 }
 
 }  // namespace attnkit::detail::flash::strips
