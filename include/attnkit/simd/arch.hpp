@@ -14,8 +14,10 @@ using wide_arch = xsimd::default_arch;
 using narrow_arch = xsimd::fma3<xsimd::sse4_2>;
 #elif XSIMD_WITH_SSE4_2
 using narrow_arch = xsimd::sse4_2;
-#else
+#elif XSIMD_WITH_SSE2
 using narrow_arch = xsimd::sse2;
+#else
+using narrow_arch = xsimd::default_arch;  // NEON: 4 lanes already
 #endif
 
 template <class Arch>
@@ -24,8 +26,12 @@ using vec = xsimd::batch<float, Arch>;
 template <class Arch>
 using ivec = xsimd::batch<std::int32_t, Arch>;
 
-/// Vector registers of the arch: 32 with AVX-512, 16 otherwise (x86-64).
+/// Vector registers of the arch: 32 with AVX-512 and on aarch64, 16 otherwise (x86-64).
 template <class Arch>
+#if defined(__aarch64__)
+inline constexpr int registers = 32;
+#else
 inline constexpr int registers = vec<Arch>::size == 16 ? 32 : 16;
+#endif
 
 }  // namespace attnkit::detail::simd
