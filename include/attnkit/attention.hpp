@@ -115,15 +115,15 @@ void merge_states(tensor_view<T, Space> out_a, float* lse_a, tensor_view<const s
           lse_a[r] = -inf;
           continue;
         }
-        // Weights normalised first: the result is a convex combination, so finite parts
-        // never overflow (3e38 + 3e38 would).
-        const float wa = std::exp(lse_a[r] - m), wb = std::exp(lse_b[r] - m), sum = wa + wb;
-        const float ca = wa / sum, cb = wb / sum;
+        // Normalised weights, in double: the result is a convex combination, so finite parts
+        // never overflow (3e38 + 3e38 would, and so would FLT_MAX * (1 + 1 ulp) in float).
+        const double wa = std::exp(double(lse_a[r]) - m), wb = std::exp(double(lse_b[r]) - m), sum = wa + wb;
+        const double ca = wa / sum, cb = wb / sum;
         for (index_t d = 0; d < out_a.dim(); ++d) {
-          const float merged = ca * detail::to_float(out_a(b, h, i, d)) + cb * detail::to_float(out_b(b, h, i, d));
-          out_a(b, h, i, d) = detail::from_float<T>(merged);
+          const double merged = ca * detail::to_float(out_a(b, h, i, d)) + cb * detail::to_float(out_b(b, h, i, d));
+          out_a(b, h, i, d) = detail::from_float<T>(static_cast<float>(merged));
         }
-        lse_a[r] = m + std::log(sum);
+        lse_a[r] = static_cast<float>(m + std::log(sum));
       }
 }
 

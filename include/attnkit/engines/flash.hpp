@@ -162,8 +162,9 @@ bool apply_token_callables(const Plan& plan, const typename G::rows& t, index_t 
 }
 
 /// One online-softmax step over a chunk whose scores s[j][row] (base 2) are computed:
-/// transform, lowest score (TrackLow: scores no callable has masked), mask (partial chunks
-/// only), new running max, exponentials in place, rescale.
+/// transform, lowest score (TrackLow: scores no callable has masked; before soft-capping, the
+/// lowest -|score|), mask (partial chunks only), new running max, exponentials in place,
+/// rescale.
 template <class G, bool Cap, bool Alibi, bool Mask, bool TrackLow>
 ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename G::rows& t, const chunk& c,
                                                float* s, running<G>& st, float* ot) {
@@ -183,9 +184,13 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
       float* sj = s + j * G::Br + lane0;
       V x = V::load_aligned(sj);
       if constexpr (G::bf16_dot) x *= scale;  // q stays exact in bf16, so the scale comes here
-      if constexpr (Cap) x = cap * simd::tanh<typename G::arch>(x * inv_cap);
+      if constexpr (Cap) {
+        // tanh maps an infinite score to a finite one: look before it (-|x| is -inf then)
+        if constexpr (TrackLow) low = xsimd::min(low, -xsimd::abs(x));
+        x = cap * simd::tanh<typename G::arch>(x * inv_cap);
+      }
       if constexpr (Alibi) x = xsimd::fnma(slope, xsimd::abs(pos - V(static_cast<float>(c.key0 + j * c.step))), x);
-      if constexpr (TrackLow) low = xsimd::min(low, x);
+      if constexpr (TrackLow && (Alibi || !Cap)) low = xsimd::min(low, x);
       if constexpr (Mask) {
         const IV jv(static_cast<std::int32_t>(c.pos0 + j));
         const auto visible = (jv >= lo) & (jv <= hi);
@@ -636,23 +641,27 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
                           [&](int r, const double* row, double lse) { write_exact(b, t, r, row, lse); });
     }
     scratch_lease lease;
-    float* merged = static_cast<float*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(float)));
+    double* merged = static_cast<double*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(double)));
     for (int r = 0; r < t.rows; ++r) {
       const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
       float mx = neg_inf;
       for (index_t c = 0; c < splits; ++c) mx = std::max(mx, lse_of(c));
-      std::fill(merged, merged + pb.dv, 0.f);
-      float total = 0.f;
+      std::fill(merged, merged + pb.dv, 0.0);
+      double total = 0;
       if (mx != neg_inf) {
-        for (index_t c = 0; c < splits; ++c) total += std::exp2(lse_of(c) - mx);
-        // Weights normalised first: a convex combination of finite partials stays finite.
+        for (index_t c = 0; c < splits; ++c) total += std::exp2(double(lse_of(c)) - mx);
+        // Normalised weights, in double: a convex combination of finite partials stays finite
+        // (in float, weights summing to 1 + 1 ulp took FLT_MAX partials to inf).
         for (index_t c = 0; c < splits; ++c) {
-          const float wgt = std::exp2(lse_of(c) - mx) / total;
+          const double wgt = std::exp2(double(lse_of(c)) - mx) / total;
           const float* src = part_out.data() + ((gt * splits + c) * G::Br + r) * pb.dv;
           for (index_t d = 0; d < pb.dv; ++d) merged[d] += wgt * src[d];
         }
       }
-      write_row(b, t.head[r], t.query[r], merged, 1, 1.f, mx == neg_inf ? neg_inf : mx + std::log2(total));
+      for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(merged[c]));
+      if (o.lse)
+        o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] =
+            mx == neg_inf ? neg_inf : static_cast<float>((mx + std::log2(total)) * ln2);
     }
   });
 }
