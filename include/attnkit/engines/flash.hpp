@@ -469,7 +469,7 @@ void run_exact(const Plan& plan, const problem& pb, typename G::rows& t, const t
         if (pb.softcap > 0) score = pb.softcap * std::tanh(score / pb.softcap);
         if (pb.slopes) score -= static_cast<double>(pb.slopes[t.head[r]]) * std::fabs(double(t.pos[r]) - double(key));
         if constexpr (Plan::has_score)
-          score = plan.score(static_cast<float>(score), b, t.head[r], t.query[r], key);
+          score = plan.score(score, b, t.head[r], t.query[r], key);
         if (score > m[ru]) {  // a new maximum: rescale what was summed so far
           const double alpha = std::exp(m[ru] - score);
           for (std::size_t e = 0; e < dv; ++e) acc[ru * dv + e] *= alpha;

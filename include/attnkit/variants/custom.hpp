@@ -110,7 +110,13 @@ struct flash_plan<custom<Keep, Score, Block>> {
   }
 
   bool keep(index_t b, index_t h, index_t i, index_t j) const { return p.keep(b, h, i, j); }
-  float score(float s, index_t b, index_t h, index_t i, index_t j) const { return p.score(s, b, h, i, j); }
+  /// The score transform, in float on the fast path and in double on its exact path (a
+  /// callable that takes its score as a template parameter or a double then sees the
+  /// reference's double score, beyond float's range too).
+  template <class S>
+  S score(S s, index_t b, index_t h, index_t i, index_t j) const {
+    return static_cast<S>(p.score(s, b, h, i, j));
+  }
 };
 
 }  // namespace detail::flash
