@@ -74,10 +74,10 @@ void attention(const Policy& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<
 
 /// Combines two partial results over disjoint key sets: (out_a, lse_a) becomes the result
 /// over the union. lse arrays are contiguous [B, H, N]; -inf marks an empty partial result.
-/// (out_b's element type is not deduced, so a writable view converts to it implicitly.)
+/// (out_b's type is not deduced, so a writable view converts to it implicitly.)
 template <class T, class Space>
-void merge_states(tensor_view<T, Space> out_a, float* lse_a, tensor_view<const std::common_type_t<T>, Space> out_b,
-                  const float* lse_b) {
+void merge_states(tensor_view<T, Space> out_a, float* lse_a,
+                  tensor_view<const std::common_type_t<T>, std::common_type_t<Space>> out_b, const float* lse_b) {
   static_assert(std::is_same_v<Space, host>, "attnkit: merge_states on CUDA views needs nvcc");
   static_assert(detail::is_element_v<T> && !std::is_const_v<T>, "attnkit: merge_states needs float, bf16 or f16");
   detail::check_view("merge_states", "out_a", out_a);

@@ -473,6 +473,11 @@ void run_merge(fuzz_case& c, index_t B, index_t H, index_t N, index_t Dv) {
     default: break;
   }
   const int via = static_cast<int>(r.take("impossible_via", 2, 0));
+  if (impossible && via == 1 && c.faults.empty()) {  // batch 0: only view_bhsd's own stride products can fail
+    index_t sd = 0, hsd = 0;
+    if (__builtin_mul_overflow(a.ext[2], a.ext[3], &sd) || __builtin_mul_overflow(a.ext[1], sd, &hsd))
+      c.fault("view_bhsd's strides overflow");
+  }
   for (vspec* v : {&a, &b}) {
     bool dishonest = impossible;
     for (index_t e : v->ext) dishonest = dishonest || e < 0;

@@ -167,14 +167,16 @@ bool overlaps_itself(const tensor_view<T, Space>& t) {
   if (t.empty()) return false;
   std::array<std::pair<index_t, index_t>, 4> axes{};  // (|stride|, extent)
   for (int a = 0; a < 4; ++a) {
-    if (t.extent(a) > 1 && t.stride(a) == 0) return true;
+    if (t.extent(a) == 1) continue;  // an axis of one element adds no address (any stride, INT64_MIN too)
+    if (t.stride(a) == 0) return true;
+    // check_view bounds (extent - 1) * |stride|, so the magnitude fits
     axes[static_cast<std::size_t>(a)] = {t.stride(a) < 0 ? -t.stride(a) : t.stride(a), t.extent(a)};
   }
   std::sort(axes.begin(), axes.end());
   index_t reach = 0;
   bool nested = true;
   for (const auto& [stride, extent] : axes) {
-    if (extent == 1) continue;  // an axis of one element adds no address
+    if (extent <= 1) continue;
     nested = nested && stride > reach;
     reach += stride * (extent - 1);
   }
