@@ -22,6 +22,17 @@
 #define ATTNKIT_RESTRICT
 #endif
 
+/// Unrolls the next loop whole: for loops over a few register-blocked accumulators (a
+/// compile-time trip count), which stay in registers only when their loops unroll. g++ -O2
+/// unrolls none of them by itself, and ran dense attention 3x slower than at -O3.
+#if defined(__clang__)
+#define ATTNKIT_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define ATTNKIT_UNROLL _Pragma("GCC unroll 64")
+#else
+#define ATTNKIT_UNROLL
+#endif
+
 namespace attnkit {
 using index_t = std::int64_t;
 }  // namespace attnkit

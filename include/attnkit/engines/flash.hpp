@@ -63,7 +63,7 @@ struct running {
   bool raw_nonfinite = false;
 
   void reset() {
-    for (int n = 0; n < G::NR; ++n)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n)
       m[n] = typename G::V(neg_inf), l[n] = typename G::V(0.f), low[n] = typename G::V(0.f);
     raw_nonfinite = false;
   }
@@ -173,7 +173,7 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
   using V = typename G::V;
   using IV = simd::ivec<typename G::arch>;
   const int nkeys = c.nkeys;
-  for (int n = 0; n < G::NR; ++n) {
+  ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) {
     const int lane0 = n * G::W;
     V mx = m[n], low = st.low[n];
     [[maybe_unused]] const IV lo = IV::load_aligned(t.lo + lane0), hi = IV::load_aligned(t.hi + lane0);
@@ -284,7 +284,7 @@ bool pack_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]]
         const int r = n * 16 + i;
         rows[i] = r < t.rows ? q.row(b, t.head[r], t.query[r]) : nullptr;
       }
-      simd::rows_to_lanes(rows, pb.d, pb.scale2, qt + n * 16, G::Br);
+      simd::rows_to_lanes16(rows, pb.d, pb.scale2, qt + n * 16, G::Br);
     }
     return true;
   }
@@ -417,7 +417,7 @@ bool needs_exact(const problem& pb, const typename G::rows& t, const running<G>&
   using V = typename G::V;
   if (st.raw_nonfinite) return true;
   alignas(64) float m[G::Br], l[G::Br], low[G::Br], sums[G::Br];
-  for (int n = 0; n < G::NR; ++n) {
+  ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) {
     st.m[n].store_aligned(m + n * G::W), st.l[n].store_aligned(l + n * G::W), st.low[n].store_aligned(low + n * G::W);
     if constexpr (G::rows_in_lanes) {  // x * 0 is NaN exactly where x is infinite or NaN
       V probe(0.f);
@@ -604,7 +604,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       return;
     }
     alignas(64) float mr[G::Br], lr[G::Br];
-    for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
+    ATTNKIT_UNROLL for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
     const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };
     const bool transposed = w.slot < 0 && write_rows_in_registers<G>(pb, t, out, w.b, sc.ot, lr, seen);
     for (int r = 0; r < t.rows; ++r) {
@@ -679,6 +679,23 @@ void run_geometry(const Policy& p, const problem& pb, const tensor_view<const Q>
   run_tiles<G, false, false>(plan, pb, q, k, v, out, o);
 }
 
+/// bf16 or f16 inputs that many query tiles read are widened to float once per call, into a
+/// scratch copy, rather than per tile and key chunk (bf16 ran at 0.84x the float speed so on
+/// an AVX2 build, N 2048, D 128). Calls whose copies would take more than this widen per chunk.
+inline constexpr index_t max_widened_bytes = index_t(64) << 20;
+
+/// t as float, contiguous (b, h, s, d), in dst; rows widened in parallel.
+template <class T>
+tensor_view<const float> widened(const tensor_view<const T>& t, float* dst, int threads) {
+  const index_t rows = t.batch() * t.heads() * t.seq(), block = 64;
+  parallel_for(ceil_div(rows, block), threads, [&](index_t item) {
+    for (index_t r = item * block; r < std::min(rows, (item + 1) * block); ++r)
+      simd::to_float_row(t.row(r / t.seq() / t.heads(), r / t.seq() % t.heads(), r % t.seq()), t.stride(dim_axis),
+                         t.dim(), dst + r * t.dim());
+  });
+  return view_bhsd(static_cast<const float*>(dst), t.batch(), t.heads(), t.seq(), t.dim());
+}
+
 /// Any flash policy on the CPU (arguments already validated).
 template <class Policy, class Q, class K, class Vt, class O>
 void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const K>& k,
@@ -703,24 +720,38 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
     pb.slopes = p.alibi_slopes;
   }
   if (pb.batch == 0 || pb.nq == 0) return;
-#if defined(__AVX512F__)
-  if constexpr (is_neighborhood<Policy>::value)
-    if (strips::preferred(p) && strips::run(p, pb, q, k, v, out, o)) return;
-#endif
   using plan_t = flash_plan<Policy>;
   // Rows that share one K/V stream: few of them (decode) run along the head dimension.
   const index_t rows = plan_t::packs_gqa ? pb.rows_per_group : pb.nq;
   using few_rows = geometry<simd::narrow_arch, 1, false>;
   using some_rows = geometry<simd::narrow_arch, 2, false>;
   using many_rows = geometry<simd::wide_arch, 3>;
-#if defined(__AVX512F__)
   static_assert(many_rows::Br == strips::tile_rows_of_many_rows, "strips compare against these tiles");
+  [[maybe_unused]] bool on_bf16_dot = false;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<Q, bf16> && std::is_same_v<K, bf16> && std::is_same_v<Vt, bf16> &&
+                simd::vec<simd::wide_arch>::size == 16 && !plan_t::token_callables)
+    on_bf16_dot = rows > some_rows::Br && simd::bf16dot::preferred();
 #endif
+  if constexpr (!std::is_same_v<Q, float> || !std::is_same_v<K, float> || !std::is_same_v<Vt, float>) {
+    if (!on_bf16_dot && rows > 2 * many_rows::Br) {
+      const index_t floats = q.size() + k.size() + v.size();  // views are validated: no overflow
+      if (floats * static_cast<index_t>(sizeof(float)) <= max_widened_bytes) {
+        scratch_lease lease;
+        float* copies = static_cast<float*>(lease.reserve(static_cast<std::size_t>(floats) * sizeof(float)));
+        const auto qf = widened(q, copies, o.threads);
+        const auto kf = widened(k, copies + q.size(), o.threads);
+        const auto vf = widened(v, copies + q.size() + k.size(), o.threads);
+        return run(p, qf, kf, vf, out, o);
+      }
+    }
+  }
+  if constexpr (is_neighborhood<Policy>::value)
+    if (strips::preferred(p) && strips::run(p, pb, q, k, v, out, o)) return;
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<Q, bf16> && std::is_same_v<K, bf16> && std::is_same_v<Vt, bf16> &&
                 simd::vec<simd::wide_arch>::size == 16 && !plan_t::token_callables) {
-    if (rows > some_rows::Br && simd::bf16dot::preferred())
-      return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
+    if (on_bf16_dot) return run_geometry<geometry<simd::wide_arch, 3, true, true>>(p, pb, q, k, v, out, o);
   }
 #endif
   constexpr bool has_some_rows = simd::vec<simd::wide_arch>::size % some_rows::Br == 0;

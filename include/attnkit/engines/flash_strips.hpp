@@ -2,17 +2,19 @@
 /// Strip tiles of the flash engine, for neighborhood windows that are small along the last
 /// axis (2-D/3-D kernels like 7x7 or 13x13). A query tile of the block-sparse path is a patch
 /// whose rows all read the union of their windows, which for small stride-1 windows is 2-4x
-/// the keys each row keeps. Here a tile is instead a strip of 16 consecutive queries along
-/// the last axis, one per lane, and lane r reads key `start(r) + o` at window offset o: every
+/// the keys each row keeps. Here a tile is instead a strip of W consecutive queries along
+/// the last axis (W: the lanes of a vector, 16 with AVX-512, 8 with AVX2, 4 with NEON and SSE),
+/// one per lane, and lane r reads key `start(r) + o` at window offset o: every
 /// lane reads exactly its own window, so no work is spent on keys outside it (the "speed of
 /// light" of GNA, Hassani et al. 2025, reached without requiring strides).
 ///
 /// Each worker keeps, for the band of strips it sweeps, the key lines their windows reach,
 /// built when first needed and kept in L2 while the sweep reuses them: K as transposed
 /// segments (one row of positions per channel), V as float rows in memory order (float V with
-/// whole-vector rows is read in place instead). In q.k the keys of 16 window offsets come
-/// from two loads per segment row and a lane shift (valignd) each for interior strips, from
-/// a load and a permute each for border, causal and strided strips (see `lanes`). p.v runs
+/// whole-vector rows is read in place instead). In q.k the keys of a window offset come, for
+/// interior strips, from a lane shift of two vectors loaded once per segment row (valignd,
+/// AVX-512) or an unaligned load, and from a load and a permute for border, causal and strided
+/// strips (see `lanes`). p.v runs
 /// per lane pair along the channels, the weights broadcast: neighbouring lanes' windows are
 /// one row apart (or equal, at a border), so each value row is loaded once for both, and
 /// neither V nor the outputs are transposed. A task holds up to three strips on neighbouring
@@ -23,10 +25,6 @@
 /// The window is small, so each strip's softmax is exact in two passes (scores, then
 /// max/exp/sum, then P.V), with no rescaling.
 #pragma once
-
-#if defined(__AVX512F__)
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -45,22 +43,38 @@
 #include "../simd/convert.hpp"
 #include "../simd/exp.hpp"
 #include "../simd/microkernels.hpp"
+#include "../simd/permute.hpp"
 #include "../simd/transpose.hpp"
 #include "../variants/neighborhood.hpp"
 #include "flash_plan.hpp"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace attnkit::detail::flash::strips {
 
-inline constexpr int W = 16;                  // lanes: queries of one strip
-inline constexpr int max_offset_block = 13;   // window offsets per QK pass (2 x 13 accumulators)
-inline constexpr int tile_rows_of_many_rows = 48;  // the block-sparse path's tiles (flash.hpp many_rows)
-using V = xsimd::batch<float, xsimd::avx512f>;
+using A = simd::wide_arch;
+using V = simd::vec<A>;
+using IV = simd::ivec<A>;
+inline constexpr int W = static_cast<int>(V::size);  // lanes: queries of one strip
+inline constexpr int tile_rows_of_many_rows = 3 * W;  // the block-sparse path's tiles (flash.hpp many_rows)
 
-/// Can this pattern run on strips? The permute reaches 31 positions past start(0), which holds
-/// for strides up to 16 along the last axis.
+/// Accumulators the unrolled kernels may keep in registers: q.k of N strips holds N x OB
+/// scores, N queries and a key (and, shifting lanes on AVX-512, two more vectors); p.v of N
+/// strips and L lanes holds L x N x CB outputs, CB value vectors and a weight.
+inline constexpr int registers = simd::registers<A>;
+inline constexpr int shift_registers = XSIMD_WITH_AVX512F ? 2 : 0;
+template <int N>
+inline constexpr int max_offsets_per_pass = (registers - N - 1 - shift_registers) / N;
+template <int N, int L>
+inline constexpr int max_vectors_per_pass = (registers - 1) / (L * N + 1);
+
+/// Can this pattern run on strips? The permute reaches 2W - 1 positions past start(0), which
+/// holds for strides up to W along the last axis.
 template <int Rank>
 bool applicable(const neighborhood<Rank>& p) {
-  return p.stride[Rank - 1] <= 16;
+  return p.stride[Rank - 1] <= W;
 }
 
 /// Do strips do less work than the block-sparse tiles for this pattern? Both are counted in
@@ -85,16 +99,16 @@ bool preferred(const neighborhood<Rank>& p) {
   return strips * lanes * strip_penalty < tiles;
 }
 
-/// dst[c * dst_stride + i] = scale * rows[min(i, n - 1) * row_stride + c] for i < 16, c < depth:
-/// 16 rows transposed (the last one repeated).
+/// dst[c * dst_stride + i] = scale * rows[min(i, n - 1) * row_stride + c] for i < W, c < depth:
+/// W rows transposed (the last one repeated).
 inline void transpose_rows(const float* rows, index_t row_stride, int n, index_t depth, float scale, float* dst,
                            index_t dst_stride) {
   const float* row_of[W];
   for (int i = 0; i < W; ++i) row_of[i] = rows + std::min(i, n - 1) * row_stride;
-  simd::rows_to_lanes(row_of, depth, scale, dst, dst_stride);
+  simd::rows_to_lanes<W>(row_of, depth, scale, dst, dst_stride);
 }
 
-/// Rows first, first + step, ... (n <= 16 of them) of head (b, h) of t, as float rows with
+/// Rows first, first + step, ... (n <= W of them) of head (b, h) of t, as float rows with
 /// unit stride: in place when t is float with unit stride along dim, else converted into buf.
 template <class T>
 const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step, int n,
@@ -240,7 +254,7 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
                   index_t g, index_t start, index_t span, index_t lead, index_t width, float* buf, float* dst) {
   const index_t len = p.shape[Rank - 1], d = p.dilation[Rank - 1], group_len = (len - g + d - 1) / d;
   const index_t valid = std::clamp<index_t>(group_len - start, 0, span);
-  // Each block of 16 rows brings the next one to L1 (the queue's prefetches mostly left them
+  // Each block of W rows brings the next one to L1 (the queue's prefetches mostly left them
   // in L2 by now): 1-2% of 7 x 7 and 3 x 7 x 7 windows.
   simd::rows_ahead next_rows;
   if (t.stride(dim_axis) == 1 && valid > 0)
@@ -303,35 +317,46 @@ ATTNKIT_ALWAYS_INLINE void static_for(F&& f) {
 
 /// Where lane r finds the key of window offset O in a transposed row.
 enum class lanes {
-  shifted,       // at r + O (interior strips): a lane shift of two vectors loaded once per row
-  permuted,      // at idx[r] + O, idx[r] < 16 (border, causal): a one-source permute of one load
-  permuted_far,  // at idx[r] + O, idx[r] < 32 (strided windows): a two-source permute of two loads
+  shifted,       // at r + O (interior strips)
+  permuted,      // at idx[r] + O, idx[r] < W (border, causal): a one-source permute of one load
+  permuted_far,  // at idx[r] + O, idx[r] < 2W (strided windows): a two-source permute of two loads
 };
 
 /// The keys of one transposed row for window offsets O = 0, 1, ... from `at`. Shifted lanes
-/// derive 16 offsets from two loads in registers (valignd), where one unaligned load per
-/// offset, nearly always across two cache lines, held the FMAs to about half their rate.
-/// Permuted lanes load per offset: a permute of registers kept for all offsets would need a
-/// register copy per offset (the two-source permute overwrites an operand).
+/// with AVX-512 derive 16 offsets from two loads in registers (valignd), where one unaligned
+/// load per offset, nearly always across two cache lines, held the FMAs to about half their
+/// rate; elsewhere (a vector of 32 bytes or less crosses a cache line at most every other
+/// offset) they load per offset. Permuted lanes load per offset: a permute of registers kept
+/// for all offsets would need a register copy per offset (the two-source permute overwrites
+/// an operand).
 template <lanes L>
 struct row_keys {
+#if XSIMD_WITH_AVX512F
+  static constexpr bool shift_in_registers = L == lanes::shifted;
+#else
+  static constexpr bool shift_in_registers = false;
+#endif
   const float* row = nullptr;
-  __m512 lo, hi;  // shifted: positions [0, 32)
+  V lo, hi;  // shift_in_registers: positions [0, 2W)
   row_keys() = default;
   explicit ATTNKIT_ALWAYS_INLINE row_keys(const float* at) : row(at) {
-    if constexpr (L == lanes::shifted) lo = _mm512_loadu_ps(at), hi = _mm512_loadu_ps(at + W);
+    if constexpr (shift_in_registers) lo = V::load_unaligned(at), hi = V::load_unaligned(at + W);
   }
 
-  template <int O>  // O < 16 when shifted
-  ATTNKIT_ALWAYS_INLINE __m512 at([[maybe_unused]] __m512i idx) const {
+  template <int O>  // O < W when shifted
+  ATTNKIT_ALWAYS_INLINE V at([[maybe_unused]] const simd::lane_permutation& idx) const {
     if constexpr (L == lanes::permuted_far)
-      return _mm512_permutex2var_ps(_mm512_loadu_ps(row + O), idx, _mm512_loadu_ps(row + O + W));
+      return idx.of(V::load_unaligned(row + O), V::load_unaligned(row + O + W));
     else if constexpr (L == lanes::permuted)
-      return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(row + O));
+      return idx.of(V::load_unaligned(row + O));
+    else if constexpr (!shift_in_registers)
+      return V::load_unaligned(row + O);
     else if constexpr (O == 0)
       return lo;
+#if XSIMD_WITH_AVX512F
     else
       return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), O));
+#endif
   }
 };
 
@@ -340,36 +365,42 @@ struct row_keys {
 /// the end of a line, the hint lands on the next line's rows or the padding: harmless).
 inline constexpr index_t prefetch_distance = 12;
 ATTNKIT_ALWAYS_INLINE void prefetch_rows_ahead(const float* row) {
-  _mm_prefetch(reinterpret_cast<const char*>(row), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(row + 2 * W - 1), _MM_HINT_T0);
+  __builtin_prefetch(row, 0, 3);
+  __builtin_prefetch(row + 2 * W - 1, 0, 3);
 }
 
 /// Scores of one key line for window offsets [o0, o0 + OB), for N strips sharing each key
-/// vector: s[n][o][lane] = sum_c q[n][c][lane] * key(o)[c][lane].
+/// vector: s[n][o][lane] = sum_c q[n][c][lane] * key(o)[c][lane]. The first pass over a line
+/// (o0 == 0) prefetches its rows and drips the queue; later passes read the same rows.
 template <int OB, int N, lanes L>
-ATTNKIT_ALWAYS_INLINE void qk_line(const float* const* q, const float* krow, index_t padded, index_t depth, __m512i idx,
-                                   int o0, float* const* s, prefetch_queue::cursor& ahead) {
-  __m512 acc[N][OB];
-  for (int n = 0; n < N; ++n)
-    for (int o = 0; o < OB; ++o) acc[n][o] = _mm512_setzero_ps();
+ATTNKIT_ALWAYS_INLINE void qk_line(const float* const* q, const float* krow, index_t padded, index_t depth,
+                                   const simd::lane_permutation& idx, int o0, float* const* s,
+                                   prefetch_queue::cursor& ahead) {
+  const bool first_pass = o0 == 0;
+  static_assert(OB <= max_offsets_per_pass<N>, "q.k accumulators fit the registers");
+  V acc[N][OB];
+  ATTNKIT_UNROLL for (int n = 0; n < N; ++n)
+    ATTNKIT_UNROLL for (int o = 0; o < OB; ++o) acc[n][o] = V(0.f);
   for (index_t c = 0; c < depth; ++c) {
     const float* kr = krow + c * padded + o0;
-    prefetch_rows_ahead(kr + prefetch_distance * padded);
-    ahead.drip();
-    __m512 qc[N];
-    for (int n = 0; n < N; ++n) qc[n] = simd::in_register(V(_mm512_load_ps(q[n] + c * W))).data;
+    if (first_pass) {
+      prefetch_rows_ahead(kr + prefetch_distance * padded);
+      ahead.drip();
+    }
+    V qc[N];
+    ATTNKIT_UNROLL for (int n = 0; n < N; ++n) qc[n] = simd::in_register(V::load_aligned(q[n] + c * W));
     const row_keys<L> keys(kr);
     static_for<OB>([&](auto o) ATTNKIT_INLINE_LAMBDA {
       constexpr int O = decltype(o)::value;
-      const __m512 k = keys.template at<O>(idx);  // N FMAs per key vector
-      for (int n = 0; n < N; ++n) acc[n][O] = _mm512_fmadd_ps(qc[n], k, acc[n][O]);
+      const V k = keys.template at<O>(idx);  // N FMAs per key vector
+      ATTNKIT_UNROLL for (int n = 0; n < N; ++n) acc[n][O] = xsimd::fma(qc[n], k, acc[n][O]);
     });
   }
-  for (int n = 0; n < N; ++n)
-    for (int o = 0; o < OB; ++o) _mm512_store_ps(s[n] + (o0 + o) * W, acc[n][o]);
+  ATTNKIT_UNROLL for (int n = 0; n < N; ++n)
+    ATTNKIT_UNROLL for (int o = 0; o < OB; ++o) acc[n][o].store_aligned(s[n] + (o0 + o) * W);
 }
 
-/// Adds the share of key lines [0, lines) to output channels [c0, c0 + 16 CB) of lane r and,
+/// Adds the share of key lines [0, lines) to output channels [c0, c0 + W CB) of lane r and,
 /// when Pair, lane r + 1 of N strips, from value rows in memory order: o[n][lane][c] += sum
 /// over lines and offsets of p[n][line][o][lane] * v(line, idx[lane] + o)[c], the weights
 /// broadcast. Lane r + 1 starts Shift (0 or 1) rows after lane r, so each value row is loaded
@@ -380,24 +411,25 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* const* p, const float* const* l
                                     int offsets, index_t vrow, index_t vstride, int r, index_t c0, float* const* out,
                                     prefetch_queue::cursor& ahead) {
   constexpr int L = Pair ? 2 : 1;
-  __m512 acc[L][N][CB];
-  for (int l = 0; l < L; ++l)
-    for (int n = 0; n < N; ++n)
-      for (int c = 0; c < CB; ++c) acc[l][n][c] = _mm512_load_ps(out[n] + (r + l) * vstride + c0 + c * W);
+  static_assert(CB <= max_vectors_per_pass<N, L>, "p.v accumulators fit the registers");
+  V acc[L][N][CB];
+  ATTNKIT_UNROLL for (int l = 0; l < L; ++l)
+    ATTNKIT_UNROLL for (int n = 0; n < N; ++n)
+      ATTNKIT_UNROLL for (int c = 0; c < CB; ++c) acc[l][n][c] = V::load_aligned(out[n] + (r + l) * vstride + c0 + c * W);
   const float* pl[N];
-  for (int n = 0; n < N; ++n) pl[n] = p[n];
+  ATTNKIT_UNROLL for (int n = 0; n < N; ++n) pl[n] = p[n];
   for (int li = 0; li < lines; ++li) {
     const float* rows = line_rows[li] + first;
     // Row j: lane r at offset j, lane r + 1 at offset j - Shift.
     const auto row = [&](int j, auto first_lane, auto second_lane) ATTNKIT_INLINE_LAMBDA {
       ahead.drip();
-      __m512 v[CB];
-      for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V(_mm512_loadu_ps(rows + j * vrow + c * W))).data;
+      V v[CB];
+      ATTNKIT_UNROLL for (int c = 0; c < CB; ++c) v[c] = simd::in_register(V::load_unaligned(rows + j * vrow + c * W));
       const auto lane = [&](auto l, int o) ATTNKIT_INLINE_LAMBDA {
         constexpr int Ln = decltype(l)::value;
-        for (int n = 0; n < N; ++n) {
-          const __m512 w = _mm512_set1_ps(pl[n][o * W + r + Ln]);
-          for (int c = 0; c < CB; ++c) acc[Ln][n][c] = _mm512_fmadd_ps(w, v[c], acc[Ln][n][c]);
+        ATTNKIT_UNROLL for (int n = 0; n < N; ++n) {
+          const V w(pl[n][o * W + r + Ln]);
+          ATTNKIT_UNROLL for (int c = 0; c < CB; ++c) acc[Ln][n][c] = xsimd::fma(w, v[c], acc[Ln][n][c]);
         }
       };
       if constexpr (decltype(first_lane)::value) lane(std::integral_constant<int, 0>{}, j);
@@ -412,16 +444,17 @@ ATTNKIT_ALWAYS_INLINE void pv_lanes(const float* const* p, const float* const* l
     } else {
       for (int j = 0; j < offsets; ++j) row(j, yes, std::integral_constant<bool, Pair>{});
     }
-    for (int n = 0; n < N; ++n) pl[n] += offsets * W;
+    ATTNKIT_UNROLL for (int n = 0; n < N; ++n) pl[n] += offsets * W;
   }
-  for (int l = 0; l < L; ++l)
-    for (int n = 0; n < N; ++n)
-      for (int c = 0; c < CB; ++c) _mm512_store_ps(out[n] + (r + l) * vstride + c0 + c * W, acc[l][n][c]);
+  ATTNKIT_UNROLL for (int l = 0; l < L; ++l)
+    ATTNKIT_UNROLL for (int n = 0; n < N; ++n)
+      ATTNKIT_UNROLL for (int c = 0; c < CB; ++c) acc[l][n][c].store_aligned(out[n] + (r + l) * vstride + c0 + c * W);
 }
 
 /// Strips per task, on neighbouring lines of the pair axis: each key vector of q.k and each
-/// value row of p.v serves up to this many strips. Three fit the registers (3 x 7 q.k
-/// accumulators; 2 lanes x 3 strips x 4 vectors in p.v).
+/// value row of p.v serves up to this many strips. Three fit the registers (with 32 of them,
+/// 3 x 7 q.k accumulators and 2 lanes x 3 strips x 4 vectors in p.v; with 16, 3 x 3 and
+/// 2 x 3 x 2).
 inline constexpr int strips_per_task = 3;
 
 /// Key lines a task reads at most: its strips' windows on the pair axis start at most a
@@ -483,7 +516,7 @@ struct task_work {
 };
 
 ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cursor ahead, V* max_out, V* sum_out) {
-  const __m512i perm = _mm512_load_si512(t.idx);
+  const simd::lane_permutation perm(t.idx);
   const auto with_lanes = [&](auto&& f) {
     if (t.contiguous)
       f(std::integral_constant<lanes, lanes::shifted>{});
@@ -512,22 +545,26 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
         q[i] = t.q[which[i]], s[i] = t.s[which[i]] + static_cast<std::size_t>(li * t.offsets * W);
       with_strip_count(n, [&](auto strips) {
         constexpr int N = decltype(strips)::value;
+        // Passes of as many offsets as the registers hold (up to 2 x 13 or 3 x 7 accumulators
+        // with 32 registers): the sizes that fit are instantiated, the others never run.
         const auto pass = [&](int o0, auto m) ATTNKIT_INLINE_LAMBDA {
-          qk_line<decltype(m)::value, N, L>(q, t.krows[li], t.segment, t.d, perm, o0, s, ahead);
+          if constexpr (decltype(m)::value <= max_offsets_per_pass<N>)
+            qk_line<decltype(m)::value, N, L>(q, t.krows[li], t.segment, t.d, perm, o0, s, ahead);
         };
-        // Up to 2 x 13 or 3 x 7 accumulators.
-        for (int o0 = 0; o0 < t.offsets;)
+        for (int o0 = 0; o0 < t.offsets;) {
+          const int n_offsets = std::min(t.offsets - o0, max_offsets_per_pass<N>);
           if constexpr (N <= 2)
-            o0 += largest_block<max_offset_block, 11, 9, 7, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) { pass(o0, m); });
+            o0 += largest_block<13, 11, 9, 7, 6, 5, 4, 3, 2, 1>(n_offsets, [&](auto m) { pass(o0, m); });
           else
-            o0 += largest_block<7, 6, 5, 3, 2, 1>(t.offsets - o0, [&](auto m) { pass(o0, m); });
+            o0 += largest_block<7, 6, 5, 4, 3, 2, 1>(n_offsets, [&](auto m) { pass(o0, m); });
+        }
       });
     }
   });
 
   // Exact softmax per strip over its lines; p = 0 at offsets a lane does not keep (p.v skips
   // the lines a strip does not use).
-  const V lane_count = V(_mm512_cvtepi32_ps(_mm512_load_si512(t.count)));
+  const V lane_count = xsimd::to_float(IV::load_aligned(t.count));
   // Locals, not t's fields nor the caller's arrays: the score stores could alias those, and the
   // compiler reloaded them per vector (a store-to-load chain through the exponentials).
   const auto softmax = [lane_count, lines = t.lines, offsets = t.offsets, full = t.full_windows, uses = t.uses](
@@ -550,7 +587,7 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
       if (!(uses[li] >> sn & 1)) continue;  // p.v skips this strip on this line
       float* sl = s + static_cast<std::size_t>(li * offsets) * W;
       for (int oo = 0; oo < offsets; ++oo) {
-        const V e = simd::exp2<xsimd::avx512f>(V::load_aligned(sl + oo * W) - mx);
+        const V e = simd::exp2<A>(V::load_aligned(sl + oo * W) - mx);
         e.store_aligned(sl + oo * W);
         sum += e;
       }
@@ -583,12 +620,17 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
       for (int r = 0; r < t.lanes; r += 2) {
         // The lane after the last valid one has no window: its rows may lie past V's end.
         const std::int32_t shift = r + 1 < t.lanes ? t.idx[r + 1] - t.idx[r] : -1;
+        // As many vectors per pass as the registers hold for a lane pair (4 with 32 registers).
+        const int most = max_vectors_per_pass<N, 2>;
         for (index_t c = 0; c < vectors;)
-          c += largest_block<4, 2, 1>(static_cast<int>(vectors - c), [&](auto m) ATTNKIT_INLINE_LAMBDA {
+          c += largest_block<4, 2, 1>(static_cast<int>(std::min<index_t>(vectors - c, most)), [&](auto m)
+                                                                                                 ATTNKIT_INLINE_LAMBDA {
             const auto lanes_from = [&](auto pair, auto shifted, int lane) ATTNKIT_INLINE_LAMBDA {
-              pv_lanes<decltype(m)::value, decltype(pair)::value, decltype(shifted)::value, N>(
-                  p, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W, out,
-                  ahead);
+              constexpr int CB = decltype(m)::value;
+              if constexpr (CB <= max_vectors_per_pass<N, decltype(pair)::value ? 2 : 1>)
+                pv_lanes<CB, decltype(pair)::value, decltype(shifted)::value, N>(
+                    p, t.vrows + li, n, t.idx[lane] * t.vrow + c * W, t.offsets, t.vrow, t.vstride, lane, c * W, out,
+                    ahead);
             };
             if (shift == 1)  // interior
               lanes_from(std::true_type{}, std::integral_constant<int, 1>{}, r);
@@ -603,21 +645,36 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
   }
 }
 
-/// dst[c] = scale * src[c] for c < n (a multiple of 16) with streaming stores, when dst is a
-/// 64-byte aligned float row; else writes nothing and returns false.
+/// Streaming (non-temporal) stores of whole vectors: AVX and AVX-512.
+#if defined(__AVX__)
+inline constexpr bool can_stream = true;
+#else
+inline constexpr bool can_stream = false;
+#endif
+
+/// dst[c] = scale * src[c] for c < n (a multiple of W) with streaming stores, when dst is a
+/// float row aligned to a vector; else writes nothing and returns false.
 template <class O>
-bool stream_scaled_row(const float* src, float scale, index_t n, O* dst) {
+bool stream_scaled_row([[maybe_unused]] const float* src, [[maybe_unused]] float scale, [[maybe_unused]] index_t n,
+                       [[maybe_unused]] O* dst) {
+#if defined(__AVX__)
   if constexpr (std::is_same_v<O, float>) {
-    if (reinterpret_cast<std::uintptr_t>(dst) % 64 != 0) return false;
-    const __m512 s = _mm512_set1_ps(scale);
-    for (index_t c = 0; c < n; c += W) _mm512_stream_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(src + c), s));
+    if (reinterpret_cast<std::uintptr_t>(dst) % sizeof(V) != 0) return false;
+    const V s(scale);
+    for (index_t c = 0; c < n; c += W) {
+#if XSIMD_WITH_AVX512F
+      _mm512_stream_ps(dst + c, (V::load_aligned(src + c) * s).data);
+#else
+      _mm256_stream_ps(dst + c, (V::load_aligned(src + c) * s).data);
+#endif
+    }
     return true;
-  } else {
-    return false;
   }
+#endif
+  return false;
 }
 
-/// One strip: 16 queries of one head on one line, consecutive in-group positions along the
+/// One strip: W queries of one head on one line, consecutive in-group positions along the
 /// last axis.
 struct strip {
   std::array<index_t, 3> x{};  // coordinates of lane 0 (all lanes share all but the last)
@@ -752,8 +809,8 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             start = std::min(start, window(last, st.x[last]).start);
             end = std::max(end, window(last, st.x[last] + d * (st.lanes - 1)).end);
           }
-          // Interior strips (windows unclamped across their lanes) start 16 positions apart:
-          // the first one's start, put on a multiple of 16, aligns them all. Bands with only
+          // Interior strips (windows unclamped across their lanes) start W positions apart:
+          // the first one's start, put on a multiple of W, aligns them all. Bands with only
           // border strips (which permute their keys anyway) keep their segments narrow.
           index_t lead = 0;
           for (const strip& st : strips_of_band) {
@@ -825,11 +882,11 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
     return lines;
   };
 
-  // Segments reach every position a lane may read. Lane windows of stride 1 lie within 15
-  // positions of lane 0's (idx <= 15), so the 16 or 32 positions read from an offset end at
-  // most 15 past the band's span; strided windows (idx < 32) read up to 31 past it. A narrow
+  // Segments reach every position a lane may read. Lane windows of stride 1 lie within W - 1
+  // positions of lane 0's (idx < W), so the W or 2W positions read from an offset end at
+  // most W - 1 past the band's span; strided windows (idx < 2W) read up to 2W - 1 past it. A narrow
   // segment matters: the task's K and V lines must stay in L2 together.
-  const index_t margin = p.stride[last] > 1 ? 31 : 16;
+  const index_t margin = p.stride[last] > 1 ? 2 * W - 1 : W;
   index_t segment = 0;
   for (const band& it : items) segment = std::max(segment, (it.lead + it.span + margin + 15) / 16 * 16);
   const index_t vstride = (pb.dv + W - 1) / W * W;  // value rows and output tiles, whole vectors
@@ -851,7 +908,7 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
   // others arrived late (the queue is bound by how many misses a core keeps in flight).
   // Outputs small enough to stay in cache for the caller are stored normally.
   constexpr double stream_output_bytes = 8.0 * (1 << 20);
-  const bool stream_out = std::is_same_v<O, float> && out.stride(dim_axis) == 1 && pb.dv % W == 0 &&
+  const bool stream_out = can_stream && std::is_same_v<O, float> && out.stride(dim_axis) == 1 && pb.dv % W == 0 &&
                           static_cast<double>(pb.batch * pb.q_heads * pb.nq * pb.dv) * sizeof(float) >= stream_output_bytes;
   std::atomic<bool> fell_short{false};
   parallel_for(pb.batch * pb.kv_heads * n_items, o.threads, [&](index_t work) {
@@ -878,7 +935,7 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
       work_of_task.o[n] = next, next += ofl;
       work_of_task.s[n] = next, next += score_floats;
     }
-    float* rowbuf = next;  // 16 rows converted to float (non-float inputs)
+    float* rowbuf = next;  // W rows converted to float (non-float inputs)
     const float** krows = reinterpret_cast<const float**>(rowbuf + cfl);
     const float** vrows = krows + max_lines;
     const float** kslots = vrows + max_lines;  // the cached lines of the current step
@@ -985,9 +1042,9 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             for (index_t gg = g0; gg < g1; ++gg) add(gg + d * from, d, std::min(to, (len - gg + d - 1) / d) - from);
         }
       }
-      const std::size_t qk_passes = static_cast<std::size_t>((offsets + 6) / 7);
-      const std::size_t pv_passes = static_cast<std::size_t>((vstride / W + 3) / 4);
-      const std::size_t drips_per_line = qk_passes * static_cast<std::size_t>(pb.d) +  // one per channel of q.k
+      const std::size_t pv_vectors = static_cast<std::size_t>(std::min(4, max_vectors_per_pass<strips_per_task, 2>));
+      const std::size_t pv_passes = (static_cast<std::size_t>(vstride / W) + pv_vectors - 1) / pv_vectors;
+      const std::size_t drips_per_line = static_cast<std::size_t>(pb.d) +  // one per channel of q.k's first pass
                                          pv_passes * (W / 2) * static_cast<std::size_t>(offsets + 1);  // per row of p.v
       work_of_task.krows = krows, work_of_task.vrows = vrows, work_of_task.uses = uses;
       work_of_task.strips = tk.strips, work_of_task.lines = lines, work_of_task.offsets = offsets;
@@ -1022,11 +1079,11 @@ bool run(const neighborhood<Rank>& p, const problem& pb, const tensor_view<const
             o.lse[(b * pb.q_heads + hq) * pb.nq + token0 + d * r] = (m[r] + std::log2(l[r])) * ln2;
       }
     }
+#if defined(__AVX__)
     if (stream_out) _mm_sfence();  // the streamed rows are visible before the item counts as done
+#endif
   });
   return !fell_short.load();
 }
 
 }  // namespace attnkit::detail::flash::strips
-
-#endif  // __AVX512F__

@@ -51,18 +51,18 @@ template <class G, int M>
 ATTNKIT_ALWAYS_INLINE void qk_block(const std::uint32_t* ATTNKIT_RESTRICT qt, const std::uint16_t* ATTNKIT_RESTRICT k,
                                     index_t ks, index_t pairs, float* ATTNKIT_RESTRICT s) {
   __m512 acc[M][G::NR];
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = _mm512_setzero_ps();
   for (index_t c = 0; c < pairs; ++c) {
     __m512i qv[G::NR];
-    for (int n = 0; n < G::NR; ++n) qv[n] = _mm512_load_si512(qt + c * G::Br + n * 16);
-    for (int m = 0; m < M; ++m) {
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) qv[n] = _mm512_load_si512(qt + c * G::Br + n * 16);
+    ATTNKIT_UNROLL for (int m = 0; m < M; ++m) {
       const __m512i kb = broadcast_pair(k + m * ks + 2 * c);
-      for (int n = 0; n < G::NR; ++n) acc[m][n] = dot(acc[m][n], qv[n], kb);
+      ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = dot(acc[m][n], qv[n], kb);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) _mm512_store_ps(s + m * G::Br + n * 16, acc[m][n]);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) _mm512_store_ps(s + m * G::Br + n * 16, acc[m][n]);
 }
 
 template <class G>
@@ -80,7 +80,7 @@ inline void pack_probabilities(const float* p, int nkeys, std::uint32_t* pp) {
                                                                11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i idx = _mm512_load_si512(interleave);
   for (int j = 0; j < nkeys; j += 2)
-    for (int n = 0; n < G::NR; ++n) {
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) {
       const __m512 a = _mm512_load_ps(p + j * G::Br + n * 16);
       const __m512 b = j + 1 < nkeys ? _mm512_load_ps(p + (j + 1) * G::Br + n * 16) : _mm512_setzero_ps();
       const __m512bh packed = _mm512_cvtne2ps_pbh(b, a);  // a in the low half, b in the high half
@@ -93,18 +93,18 @@ template <class G, int M>
 ATTNKIT_ALWAYS_INLINE void pv_block(const std::uint32_t* ATTNKIT_RESTRICT pp, int pairs,
                                     const std::uint32_t* ATTNKIT_RESTRICT vp, index_t vs, float* ATTNKIT_RESTRICT ot) {
   __m512 acc[M][G::NR];
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n] = _mm512_load_ps(ot + m * G::Br + n * 16);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = _mm512_load_ps(ot + m * G::Br + n * 16);
   for (int j = 0; j < pairs; ++j) {
     __m512i pv[G::NR];
-    for (int n = 0; n < G::NR; ++n) pv[n] = _mm512_load_si512(pp + j * G::Br + n * 16);
-    for (int m = 0; m < M; ++m) {
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) pv[n] = _mm512_load_si512(pp + j * G::Br + n * 16);
+    ATTNKIT_UNROLL for (int m = 0; m < M; ++m) {
       const __m512i vb = _mm512_set1_epi32(static_cast<std::int32_t>(vp[j * vs + m]));
-      for (int n = 0; n < G::NR; ++n) acc[m][n] = dot(acc[m][n], pv[n], vb);
+      ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = dot(acc[m][n], pv[n], vb);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) _mm512_store_ps(ot + m * G::Br + n * 16, acc[m][n]);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) _mm512_store_ps(ot + m * G::Br + n * 16, acc[m][n]);
 }
 
 /// ot[c][0..Br) += sum over key pairs; vp holds pairs x width value pairs (row stride width).

@@ -34,7 +34,7 @@ ATTNKIT_ALWAYS_INLINE vec<Arch> exp2(vec<Arch> x) {
     const __m512 n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(clamped, n);
     __m512 p = _mm512_set1_ps(exp2_taylor[0]);
-    for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2_taylor[i]));
+    ATTNKIT_UNROLL for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2_taylor[i]));
     const __mmask16 kept = _mm512_cmp_ps_mask(x.data, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);  // NaN kept
     return V(_mm512_maskz_scalef_ps(kept, p, n));
   }
@@ -43,7 +43,7 @@ ATTNKIT_ALWAYS_INLINE vec<Arch> exp2(vec<Arch> x) {
   const V n = xsimd::nearbyint(clamped);
   const V f = clamped - n;  // in [-0.5, 0.5]
   V p = V(exp2_taylor[0]);
-  for (int i = 1; i < 7; ++i) p = xsimd::fma(p, f, V(exp2_taylor[i]));
+  ATTNKIT_UNROLL for (int i = 1; i < 7; ++i) p = xsimd::fma(p, f, V(exp2_taylor[i]));
   // Scale by 2^n by adding n to the exponent field.
   const ivec<Arch> bits = xsimd::bitwise_cast<ivec<Arch>>(p) + (xsimd::to_int(n) << 23);
   const V r = xsimd::bitwise_cast<V>(bits);

@@ -68,18 +68,18 @@ ATTNKIT_ALWAYS_INLINE void qk_block(const float* ATTNKIT_RESTRICT qt, const floa
                                     index_t ks, index_t depth, float* ATTNKIT_RESTRICT s) {
   using V = typename G::V;
   V acc[M][G::NR];
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n] = V(0.f);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = V(0.f);
   for (index_t c = 0; c < depth; ++c) {
     V qv[G::NR];
-    for (int n = 0; n < G::NR; ++n) qv[n] = in_register(V::load_aligned(qt + c * G::Br + n * G::W));
-    for (int m = 0; m < M; ++m) {
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) qv[n] = in_register(V::load_aligned(qt + c * G::Br + n * G::W));
+    ATTNKIT_UNROLL for (int m = 0; m < M; ++m) {
       const V kb(k[m * ks + c]);
-      for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(kb, qv[n], acc[m][n]);
+      ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(kb, qv[n], acc[m][n]);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(s + m * G::Br + n * G::W);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(s + m * G::Br + n * G::W);
 }
 
 /// s[j][0..Br) for the nkeys key rows at k (row stride ks, unit stride along depth); requests
@@ -101,18 +101,18 @@ ATTNKIT_ALWAYS_INLINE void pv_block(const float* ATTNKIT_RESTRICT p, int nkeys, 
                                     index_t vs, float* ATTNKIT_RESTRICT ot) {
   using V = typename G::V;
   V acc[M][G::NR];
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n] = V::load_aligned(ot + m * G::Br + n * G::W);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = V::load_aligned(ot + m * G::Br + n * G::W);
   for (int j = 0; j < nkeys; ++j) {
     V pv[G::NR];
-    for (int n = 0; n < G::NR; ++n) pv[n] = in_register(V::load_aligned(p + j * G::Br + n * G::W));
-    for (int m = 0; m < M; ++m) {
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) pv[n] = in_register(V::load_aligned(p + j * G::Br + n * G::W));
+    ATTNKIT_UNROLL for (int m = 0; m < M; ++m) {
       const V vb(v[j * vs + m]);
-      for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(vb, pv[n], acc[m][n]);
+      ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n] = xsimd::fma(vb, pv[n], acc[m][n]);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(ot + m * G::Br + n * G::W);
+  ATTNKIT_UNROLL for (int m = 0; m < M; ++m)
+    ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) acc[m][n].store_aligned(ot + m * G::Br + n * G::W);
 }
 
 /// ot[c][0..Br) += sum_j v[j][c] p[j][0..Br) for c < width, over nkeys value rows; requests
@@ -153,11 +153,11 @@ ATTNKIT_ALWAYS_INLINE vec<Arch> transpose_sum(const vec<Arch>* rows) {
   if constexpr (vec<Arch>::size == 16) {
     // xsimd 8.1's avx512f haddp permutes its lanes, so the tree is spelled out here.
     __m512 pairs[8], quads[4];
-    for (int k = 0; k < 8; ++k) {
+    ATTNKIT_UNROLL for (int k = 0; k < 8; ++k) {
       const __m512 a = rows[2 * k], b = rows[2 * k + 1];
       pairs[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
     }
-    for (int k = 0; k < 4; ++k) {
+    ATTNKIT_UNROLL for (int k = 0; k < 4; ++k) {
       const __m512 a = pairs[2 * k], b = pairs[2 * k + 1];
       quads[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
                                _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
@@ -193,7 +193,7 @@ inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_R
   for (int j = 0; j < nkeys; j += KB) {
     const int kb_count = std::min(KB, nkeys - j);
     V dots[KB * R];
-    for (int kb = 0; kb < KB; ++kb) {
+    ATTNKIT_UNROLL for (int kb = 0; kb < KB; ++kb) {
       if (kb < kb_count) {
         ahead.row(j + kb);
         if (j + kb + keys_ahead < nkeys)
@@ -201,21 +201,21 @@ inline void qk_rows_tile(const float* ATTNKIT_RESTRICT q, const float* ATTNKIT_R
       }
       const float* kr = k + (j + std::min(kb, kb_count - 1)) * ks;  // tail: repeat the last key
       V acc[A][R];
-      for (int a = 0; a < A; ++a)
-        for (int r = 0; r < R; ++r) acc[a][r] = V(0.f);
+      ATTNKIT_UNROLL for (int a = 0; a < A; ++a)
+        ATTNKIT_UNROLL for (int r = 0; r < R; ++r) acc[a][r] = V(0.f);
       index_t c = 0;
       for (; c + A * W <= body; c += A * W)
-        for (int a = 0; a < A; ++a) {
+        ATTNKIT_UNROLL for (int a = 0; a < A; ++a) {
           const V kv = in_register(V::load_unaligned(kr + c + a * W));
-          for (int r = 0; r < R; ++r) acc[a][r] = xsimd::fma(kv, V::load_unaligned(q + r * depth + c + a * W), acc[a][r]);
+          ATTNKIT_UNROLL for (int r = 0; r < R; ++r) acc[a][r] = xsimd::fma(kv, V::load_unaligned(q + r * depth + c + a * W), acc[a][r]);
         }
       for (; c < body; c += W) {
         const V kv = in_register(V::load_unaligned(kr + c));
-        for (int r = 0; r < R; ++r) acc[0][r] = xsimd::fma(kv, V::load_unaligned(q + r * depth + c), acc[0][r]);
+        ATTNKIT_UNROLL for (int r = 0; r < R; ++r) acc[0][r] = xsimd::fma(kv, V::load_unaligned(q + r * depth + c), acc[0][r]);
       }
-      for (int r = 0; r < R; ++r) {
+      ATTNKIT_UNROLL for (int r = 0; r < R; ++r) {
         dots[kb * R + r] = acc[0][r];
-        for (int a = 1; a < A; ++a) dots[kb * R + r] += acc[a][r];
+        ATTNKIT_UNROLL for (int a = 1; a < A; ++a) dots[kb * R + r] += acc[a][r];
       }
     }
     const V sums_v = transpose_sum<Arch>(dots);
@@ -243,19 +243,19 @@ ATTNKIT_ALWAYS_INLINE void pv_rows_pair(const float* ATTNKIT_RESTRICT p, int nke
   using V = vec<Arch>;
   constexpr index_t W = static_cast<index_t>(V::size);
   V acc[2][C];
-  for (int r = 0; r < 2; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = V::load_unaligned(o + (r0 + r) * width + c0 + c * W);
+  ATTNKIT_UNROLL for (int r = 0; r < 2; ++r)
+    ATTNKIT_UNROLL for (int c = 0; c < C; ++c) acc[r][c] = V::load_unaligned(o + (r0 + r) * width + c0 + c * W);
   for (int j = 0; j < nkeys; ++j) {
     ahead.row(j);
     const V p0(p[j * R + r0]), p1(p[j * R + r0 + 1]);
-    for (int c = 0; c < C; ++c) {
+    ATTNKIT_UNROLL for (int c = 0; c < C; ++c) {
       const V vv = in_register(V::load_unaligned(v + j * vs + c0 + c * W));
       acc[0][c] = xsimd::fma(p0, vv, acc[0][c]);
       acc[1][c] = xsimd::fma(p1, vv, acc[1][c]);
     }
   }
-  for (int r = 0; r < 2; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(o + (r0 + r) * width + c0 + c * W);
+  ATTNKIT_UNROLL for (int r = 0; r < 2; ++r)
+    ATTNKIT_UNROLL for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(o + (r0 + r) * width + c0 + c * W);
 }
 
 /// o[r][0..width) += sum_j p[j][r] v[j][0..width) over nkeys value rows (row stride vs). Keys
