@@ -35,9 +35,8 @@
 #include <thread>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__) || defined(__AVX__) || defined(__SSE2__)
-#include <immintrin.h>
-#endif
+#include "roof_loops.hpp"
+
 #if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
@@ -239,137 +238,8 @@ std::vector<T> convert_vector(const std::vector<float>& src) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Roof 1: FP32 FMA throughput. Each thread runs a loop of independent FMAs on kAcc
-// accumulator registers (no memory traffic, no loop-carried dependence other than each
-// accumulator's own chain); kAcc chains cover FMA latency x issue width on current x86.
-// Builds without FMA (no -march) measure vector mul+add instead, counted as 2 FLOPs too.
-
-namespace roof_detail {
-
-constexpr int kAcc = 16;
-
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-constexpr const char* kKind = "AVX-512 FMA";
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kLanes = 8;
-constexpr const char* kKind = "AVX2 FMA";
-#elif defined(__SSE2__)
-constexpr int kLanes = 4;
-constexpr const char* kKind = "SSE mul+add, no FMA in this build";
-#else
-constexpr int kLanes = 1;
-constexpr const char* kKind = "scalar mul+add";
-#endif
-
-/// `iters` rounds of kAcc FMAs of kLanes floats; returns a value that depends on all of them.
-__attribute__((noinline)) inline float fma_loop(std::int64_t iters, float seed) {
-#if defined(__AVX512F__)
-  __m512 acc[kAcc];
-  for (int k = 0; k < kAcc; ++k) acc[k] = _mm512_set1_ps(seed + 0.01f * static_cast<float>(k));
-  const __m512 mul = _mm512_set1_ps(0.999999f), add = _mm512_set1_ps(1e-6f);
-  for (std::int64_t i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-    for (int k = 0; k < kAcc; ++k) acc[k] = _mm512_fmadd_ps(acc[k], mul, add);
-  }
-  __m512 s = acc[0];
-  for (int k = 1; k < kAcc; ++k) s = _mm512_add_ps(s, acc[k]);
-  return _mm512_reduce_add_ps(s);
-#elif defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[kAcc];
-  for (int k = 0; k < kAcc; ++k) acc[k] = _mm256_set1_ps(seed + 0.01f * static_cast<float>(k));
-  const __m256 mul = _mm256_set1_ps(0.999999f), add = _mm256_set1_ps(1e-6f);
-  for (std::int64_t i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-    for (int k = 0; k < kAcc; ++k) acc[k] = _mm256_fmadd_ps(acc[k], mul, add);
-  }
-  __m256 s = acc[0];
-  for (int k = 1; k < kAcc; ++k) s = _mm256_add_ps(s, acc[k]);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, s);
-  float r = 0;
-  for (float x : lanes) r += x;
-  return r;
-#elif defined(__SSE2__)
-  __m128 acc[kAcc];
-  for (int k = 0; k < kAcc; ++k) acc[k] = _mm_set1_ps(seed + 0.01f * static_cast<float>(k));
-  const __m128 mul = _mm_set1_ps(0.999999f), add = _mm_set1_ps(1e-6f);
-  for (std::int64_t i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-    for (int k = 0; k < kAcc; ++k) acc[k] = _mm_add_ps(_mm_mul_ps(acc[k], mul), add);
-  }
-  __m128 s = acc[0];
-  for (int k = 1; k < kAcc; ++k) s = _mm_add_ps(s, acc[k]);
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, s);
-  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-#else
-  float acc[kAcc];
-  for (int k = 0; k < kAcc; ++k) acc[k] = seed + 0.01f * static_cast<float>(k);
-  for (std::int64_t i = 0; i < iters; ++i)
-    for (int k = 0; k < kAcc; ++k) acc[k] = acc[k] * 0.999999f + 1e-6f;
-  float r = 0;
-  for (float x : acc) r += x;
-  return r;
-#endif
-}
-
-inline double flops_per_iter() { return 2.0 * kAcc * kLanes; }
-
-/// One read pass over [p, p + n): a vectorised sum with several independent accumulators.
-__attribute__((noinline)) inline float read_sum(const float* p, std::size_t n) {
-#if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  std::size_t i = 0;
-  for (; i + 128 <= n; i += 128) {
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-    a4 = _mm512_add_ps(a4, _mm512_load_ps(p + i + 64));
-    a5 = _mm512_add_ps(a5, _mm512_load_ps(p + i + 80));
-    a6 = _mm512_add_ps(a6, _mm512_load_ps(p + i + 96));
-    a7 = _mm512_add_ps(a7, _mm512_load_ps(p + i + 112));
-  }
-  float r = _mm512_reduce_add_ps(
-      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                    _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))));
-  for (; i < n; ++i) r += p[i];
-  return r;
-#elif defined(__AVX__)
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  std::size_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-    a4 = _mm256_add_ps(a4, _mm256_load_ps(p + i + 32));
-    a5 = _mm256_add_ps(a5, _mm256_load_ps(p + i + 40));
-    a6 = _mm256_add_ps(a6, _mm256_load_ps(p + i + 48));
-    a7 = _mm256_add_ps(a7, _mm256_load_ps(p + i + 56));
-  }
-  const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                                 _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, s);
-  float r = 0;
-  for (float x : lanes) r += x;
-  for (; i < n; ++i) r += p[i];
-  return r;
-#else
-  float a[8] = {};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) a[k] += p[i + k];
-  float r = 0;
-  for (float x : a) r += x;
-  for (; i < n; ++i) r += p[i];
-  return r;
-#endif
-}
-
-}  // namespace roof_detail
+// Roof 1: FP32 FMA throughput, on all hardware threads; roof 2 below: read bandwidth. Their
+// inner loops are in roof_loops.hpp.
 
 /// Wall time of a multi-threaded measurement: from the first thread's start to the last
 /// thread's end (a thread that starts late cannot make the others look faster).
@@ -389,16 +259,17 @@ class thread_span {
   std::vector<clock_type::time_point> start_, stop_;
 };
 
-/// Runs the FMA loop for `iters` rounds on `threads` threads at once; returns the wall
-/// time from the first thread's start to the last thread's finish.
-inline double fma_seconds(int threads, std::int64_t iters) {
+/// Runs `loop(iters, seed)` (roof_detail::fma_loop by default) on `threads` threads at once;
+/// returns the wall time from the first thread's start to the last thread's finish.
+template <class Loop = decltype(&roof_detail::fma_loop)>
+double loop_seconds(int threads, std::int64_t iters, Loop loop = &roof_detail::fma_loop) {
   spin_barrier barrier(threads);
   thread_span span(threads);
   std::vector<float> sink(static_cast<std::size_t>(threads));
   run_on_pinned_threads(threads, [&](int t) {
     barrier.arrive_and_wait();
     span.start(t);
-    sink[static_cast<std::size_t>(t)] = roof_detail::fma_loop(iters, 1.0f + 0.1f * static_cast<float>(t));
+    sink[static_cast<std::size_t>(t)] = loop(iters, 1.0f + 0.1f * static_cast<float>(t));
     span.stop(t);
   });
   float s = 0;
@@ -407,22 +278,27 @@ inline double fma_seconds(int threads, std::int64_t iters) {
   return span.seconds();
 }
 
-/// GFLOP/s of fma_seconds(threads, iters).
-inline double fma_gflops(int threads, std::int64_t iters) {
-  return roof_detail::flops_per_iter() * static_cast<double>(iters) * threads / fma_seconds(threads, iters) * 1e-9;
-}
+inline double fma_seconds(int threads, std::int64_t iters) { return loop_seconds(threads, iters); }
 
-/// The FP32 FMA roof on all hardware threads: the best of `reps` runs of about
-/// `seconds_per_rep` each (a short calibration run picks the iteration count).
-inline double measure_fma_roof(double seconds_per_rep, int reps, int threads = hw_threads()) {
+/// A multiply-add roof on all hardware threads, in GFLOP/s: the best of `reps` runs of `loop`
+/// (flops_per_iter FLOPs a round) of about `seconds_per_rep` each (a short calibration run
+/// picks the round count).
+template <class Loop>
+double measure_loop_roof(Loop loop, double flops_per_iter, double seconds_per_rep, int reps, int threads) {
   const std::int64_t calib = 1 << 16;
   const auto t0 = clock_type::now();
-  benchmark::DoNotOptimize(roof_detail::fma_loop(calib, 1.0f));
+  benchmark::DoNotOptimize(loop(calib, 1.0f));
   const double tc = std::max(seconds_since(t0), 1e-7);
   const auto iters = static_cast<std::int64_t>(std::max(1.0, seconds_per_rep / tc * calib));
   double best = 0;
-  for (int r = 0; r < reps; ++r) best = std::max(best, fma_gflops(threads, iters));
+  for (int r = 0; r < reps; ++r)
+    best = std::max(best, flops_per_iter * static_cast<double>(iters) * threads / loop_seconds(threads, iters, loop) * 1e-9);
   return best;
+}
+
+/// The FP32 FMA roof on all hardware threads.
+inline double measure_fma_roof(double seconds_per_rep, int reps, int threads = hw_threads()) {
+  return measure_loop_roof(&roof_detail::fma_loop, roof_detail::flops_per_iter(), seconds_per_rep, reps, threads);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -493,6 +369,11 @@ inline double& read_bw_gbps() {
   static double v = 0;
   return v;
 }
+/// The bf16 dot-product roof (vdpbf16ps), on builds that have it; else 0.
+inline double& bf16_dot_roof_gflops() {
+  static double v = 0;
+  return v;
+}
 
 /// Roof settings: full by default; quick under CI (the "tiny" filter, env
 /// ATTNKIT_BENCH_QUICK=1 or --attnkit_quick). ATTNKIT_BENCH_BW_MIB overrides the size of
@@ -539,9 +420,17 @@ inline void measure_roofs(bool quick) {
   const double took = seconds_since(t0);
   char line[256];
   std::snprintf(line, sizeof line, "%.1f GFLOP/s measured (%d threads, %d-lane %s, %d accumulators)",
-                fma_roof_gflops(), threads, roof_detail::kLanes, roof_detail::kKind, roof_detail::kAcc);
+                fma_roof_gflops(), threads, roof_detail::kLanes, roof_detail::kind().c_str(), roof_detail::kAcc);
   std::printf("FMA roof:       %s\n", line);
   benchmark::AddCustomContext("fma_roof_GFLOPs", line);
+#if defined(__AVX512BF16__)
+  bf16_dot_roof_gflops() = measure_loop_roof(&roof_detail::bf16_dot_loop, roof_detail::bf16_dot_flops_per_iter(),
+                                             s.fma_seconds_per_rep, s.fma_reps, threads);
+  std::snprintf(line, sizeof line, "%.1f GFLOP/s measured (%d threads, 16-lane AVX-512 vdpbf16ps, %d accumulators)",
+                bf16_dot_roof_gflops(), threads, roof_detail::kAcc);
+  std::printf("BF16 dot roof:  %s\n", line);
+  benchmark::AddCustomContext("bf16_dot_roof_GFLOPs", line);
+#endif
   std::snprintf(line, sizeof line, "%.1f GB/s measured (%d threads, %zu MiB array)", read_bw_gbps(), threads,
                 s.bw_bytes >> 20);
   std::printf("Read bandwidth: %s\n", line);
@@ -567,18 +456,46 @@ class loop_clock {
 
 /// `secs`: the time the iterations took (loop_clock::seconds(), or the sum of the times given
 /// to SetIterationTime under UseManualTime()).
-inline void set_flop_counters(benchmark::State& state, double flops_per_iter, double secs) {
+/// Sets counter `name` to rate / roof, a fraction of what the machine can do. A ratio above 1
+/// means the roof is wrong on this host (or the work count is): no such ratio is reported;
+/// the benchmark's label says so instead, and so does a warning on stderr.
+inline void set_ratio_counter(benchmark::State& state, const char* name, double rate, double roof,
+                              const char* roof_name) {
+  if (roof <= 0 || !(rate >= 0)) return;
+  const double ratio = rate / roof;
+  if (ratio <= 1.0) {
+    state.counters[name] = ratio;
+    return;
+  }
+  char what[160];
+  std::snprintf(what, sizeof what, "ROOF WRONG: %.3g is %.2fx the %s (%.3g); no %s", rate, ratio, roof_name, roof,
+                name);
+  state.SetLabel(what);
+  std::fprintf(stderr, "\n*** WARNING: %s. The roof measured in this run is wrong on this host. ***\n\n", what);
+}
+
+/// roof_ratio over the FP32 FMA roof, or over the bf16 dot-product roof for work done on
+/// bf16 dot products (bf16 inputs where attnkit uses them: see bf16_dot_in_use()).
+enum class roof_kind { fp32_fma, bf16_dot };
+
+inline void set_flop_counters(benchmark::State& state, double flops_per_iter, double secs,
+                              roof_kind roof = roof_kind::fp32_fma) {
   const double g = flops_per_iter * 1e-9;
   state.counters["GFLOPs"] = benchmark::Counter(g, benchmark::Counter::kIsIterationInvariantRate);
-  if (fma_roof_gflops() > 0 && secs > 0)
-    state.counters["roof_ratio"] = g * static_cast<double>(state.iterations()) / secs / fma_roof_gflops();
+  if (secs <= 0) return;
+  const double rate = g * static_cast<double>(state.iterations()) / secs;
+  if (roof == roof_kind::bf16_dot)
+    set_ratio_counter(state, "roof_ratio", rate, bf16_dot_roof_gflops(), "bf16 dot-product roof");
+  else
+    set_ratio_counter(state, "roof_ratio", rate, fma_roof_gflops(), "FMA roof");
 }
 
 inline void set_byte_counters(benchmark::State& state, double bytes_per_iter, double secs) {
   const double g = bytes_per_iter * 1e-9;
   state.counters["GBps"] = benchmark::Counter(g, benchmark::Counter::kIsIterationInvariantRate);
-  if (read_bw_gbps() > 0 && secs > 0)
-    state.counters["bw_ratio"] = g * static_cast<double>(state.iterations()) / secs / read_bw_gbps();
+  if (secs > 0)
+    set_ratio_counter(state, "bw_ratio", g * static_cast<double>(state.iterations()) / secs, read_bw_gbps(),
+                      "read bandwidth");
 }
 
 /// Bandwidth measured alongside a streaming benchmark, by read passes over `bytes` run next
@@ -607,8 +524,9 @@ inline void set_paired_byte_counters(benchmark::State& state, double bytes_per_i
   const double g = bytes_per_iter * 1e-9;
   state.counters["GBps"] = benchmark::Counter(g, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["paired_bw_GBps"] = bw.gbps();
-  if (bw.gbps() > 0 && secs > 0)
-    state.counters["bw_ratio"] = g * static_cast<double>(state.iterations()) / secs / bw.gbps();
+  if (secs > 0)
+    set_ratio_counter(state, "bw_ratio", g * static_cast<double>(state.iterations()) / secs, bw.gbps(),
+                      "paired read bandwidth");
 }
 
 /// FLOPs of softmax attention as conventionally counted (FlashAttention papers): two

@@ -281,6 +281,17 @@ std::vector<T> inputs_as(std::size_t n, std::uint64_t seed) {
     return convert_vector<T>(normal_vector(n, seed));
 }
 
+/// Does attnkit multiply these inputs on bf16 dot products (AVX512-BF16 builds, on CPUs where
+/// that beats widening to float)? Then their roof is the dot product's, not the FP32 FMA's.
+template <class T>
+bool uses_bf16_dot() {
+#if defined(__AVX512BF16__)
+  return std::is_same_v<T, attnkit::bf16> && attnkit::detail::simd::bf16dot::preferred();
+#else
+  return false;
+#endif
+}
+
 template <class T>
 void bm_attnkit_dense(benchmark::State& state, i64 n, i64 d, bool causal) {
   const i64 b = kDenseB, h = kDenseH, hkv = kDenseH;
@@ -302,7 +313,8 @@ void bm_attnkit_dense(benchmark::State& state, i64 n, i64 d, bool causal) {
     attnkit::attention(sm, Q, K, V, O, opt);
     benchmark::ClobberMemory();
   }
-  set_flop_counters(state, attention_flops(b, h, n, n, d, causal), clock.seconds());
+  set_flop_counters(state, attention_flops(b, h, n, n, d, causal), clock.seconds(),
+                    uses_bf16_dot<T>() ? roof_kind::bf16_dot : roof_kind::fp32_fma);
   probe.report(state);
 }
 

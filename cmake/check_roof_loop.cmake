@@ -1,0 +1,61 @@
+# Checks that the benchmarks' FMA roof loop (bench/roof_loops.hpp) keeps its accumulators in
+# registers for each x86-64 ISA: it compiles the loop to assembly for the baseline (SSE2),
+# AVX2 + FMA and AVX-512, and fails if the function touches the stack (a spill) or holds no
+# vector multiply. A spilling roof loop reads low, and every roof_ratio over it reads high.
+#   cmake -DCXX=<compiler> -DSOURCE_DIR=<repo> -DWORK_DIR=<scratch> [-DXSIMD_INCLUDE=<dir>]
+#         -P cmake/check_roof_loop.cmake
+cmake_minimum_required(VERSION 3.16)
+
+file(MAKE_DIRECTORY "${WORK_DIR}")
+set(_src "${WORK_DIR}/roof_loop.cpp")
+file(WRITE "${_src}" "#include \"roof_loops.hpp\"\n"
+                     "float roof_loop_probe(long n) { return attnkit_bench::roof_detail::fma_loop(n, 1.f); }\n")
+set(_includes -I${SOURCE_DIR}/include -I${SOURCE_DIR}/bench)
+if(XSIMD_INCLUDE)
+  list(APPEND _includes -I${XSIMD_INCLUDE})
+endif()
+
+set(_isas "x86-64 baseline (SSE2)" "AVX2 + FMA" "AVX-512")
+set(_flags_0 "")
+set(_flags_1 "-mavx2;-mfma")
+set(_flags_2 "-mavx512f;-mavx512bw;-mavx512dq;-mavx512vl;-mavx2;-mfma")
+set(_failed "")
+foreach(_i RANGE 2)
+  list(GET _isas ${_i} _isa)
+  set(_asm "${WORK_DIR}/roof_loop_${_i}.s")
+  execute_process(COMMAND "${CXX}" -std=c++17 -O2 ${_flags_${_i}} ${_includes} -S "${_src}" -o "${_asm}"
+                  RESULT_VARIABLE _rc ERROR_VARIABLE _err)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "${_isa}: compiling the roof loop failed:\n${_err}")
+  endif()
+  # The function's body: from its label (mangled name, ends in 8fma_loopElf) to .cfi_endproc.
+  file(STRINGS "${_asm}" _lines)
+  set(_in FALSE)
+  set(_stack 0)
+  set(_multiplies 0)
+  foreach(_line IN LISTS _lines)
+    if(_line MATCHES "^_Z[A-Za-z0-9_]*8fma_loop[A-Za-z0-9_]*:")
+      set(_in TRUE)
+    elseif(_in AND _line MATCHES "\\.cfi_endproc")
+      break()
+    elseif(_in)
+      if(_line MATCHES "\\(%(rsp|rbp)\\)")
+        math(EXPR _stack "${_stack} + 1")
+      endif()
+      if(_line MATCHES "vfmadd|mulps")
+        math(EXPR _multiplies "${_multiplies} + 1")
+      endif()
+    endif()
+  endforeach()
+  if(NOT _in OR _multiplies EQUAL 0)
+    list(APPEND _failed "${_isa}: fma_loop not found in ${_asm}")
+  elseif(_stack GREATER 0)
+    list(APPEND _failed "${_isa}: fma_loop touches the stack ${_stack} times (spilled accumulators, see ${_asm})")
+  else()
+    message(STATUS "${_isa}: fma_loop keeps its accumulators in registers (${_multiplies} vector multiplies)")
+  endif()
+endforeach()
+if(_failed)
+  string(REPLACE ";" "\n" _failed "${_failed}")
+  message(FATAL_ERROR "${_failed}")
+endif()
