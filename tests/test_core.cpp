@@ -53,6 +53,16 @@ std::uint32_t float_to_bits(float f) {
 std::uint16_t bf(float x) { return bf16(x).bits; }
 std::uint16_t hf(float x) { return f16(x).bits; }
 
+// A native IEEE binary16 type, a second oracle for f16's rounding (round to nearest even):
+// AArch64's __fp16 (FCVT; GCC 12 has no _Float16 in C++ there), or GCC's _Float16 (C++ on x86
+// since GCC 12, on other targets since GCC 13; clang 14 lacks it in C++ on x86).
+#if defined(__aarch64__) && defined(__ARM_FP16_FORMAT_IEEE)
+#define ATTNKIT_TEST_NATIVE_F16 __fp16
+#elif defined(__FLT16_MAX__) && !defined(__clang__) && \
+    (defined(__x86_64__) || defined(__i386__) || __GNUC__ >= 13)
+#define ATTNKIT_TEST_NATIVE_F16 _Float16
+#endif
+
 /// Independent round-to-nearest-even to bf16 of a finite float: pick the nearer of the two
 /// bf16 neighbours by comparing distances in double (ties: even mantissa).
 std::uint16_t bf16_oracle(float x) {
@@ -230,11 +240,12 @@ TEST_CASE("f16: random floats round like an independent oracle", "[core][f16]") 
     if (std::isnan(x)) continue;
     const std::uint16_t got = hf(x), want = f16_oracle(x);
     if (got != want) FAIL("f16(" << x << " = 0x" << std::hex << float_to_bits(x) << ") = 0x" << got << ", want 0x" << want);
-#if defined(__FLT16_MAX__) && !defined(__clang__)
-    const _Float16 native = static_cast<_Float16>(x);
+#if defined(ATTNKIT_TEST_NATIVE_F16)
+    const ATTNKIT_TEST_NATIVE_F16 native = static_cast<ATTNKIT_TEST_NATIVE_F16>(x);
     std::uint16_t native_bits;
     std::memcpy(&native_bits, &native, 2);
-    if (got != native_bits) FAIL("f16(" << x << ") = 0x" << std::hex << got << ", _Float16 gives 0x" << native_bits);
+    if (got != native_bits)
+      FAIL("f16(" << x << ") = 0x" << std::hex << got << ", the native half type gives 0x" << native_bits);
 #endif
   }
   SUCCEED();
@@ -511,3 +522,16 @@ TEST_CASE("exp2: 2^x to a few ulp, exactly 0 below -125 and at -inf, NaN kept", 
   SECTION("widest instruction set") { check_exp2<attnkit::detail::simd::wide_arch>(rng); }
   SECTION("4 lanes") { check_exp2<attnkit::detail::simd::narrow_arch>(rng); }
 }
+
+#if defined(__aarch64__)
+// The aarch64 build (cmake/aarch64-linux-gnu.cmake, tested under qemu-user) must run the kernels
+// on NEON, not on a scalar fallback: xsimd's neon64, 4 float lanes, 32 vector registers.
+TEST_CASE("aarch64: the kernels are compiled for NEON", "[core][simd]") {
+  using attnkit::detail::simd::narrow_arch;
+  using attnkit::detail::simd::wide_arch;
+  STATIC_REQUIRE(std::is_same_v<wide_arch, xsimd::neon64>);
+  STATIC_REQUIRE(std::is_same_v<narrow_arch, xsimd::neon64>);
+  STATIC_REQUIRE(attnkit::detail::simd::vec<wide_arch>::size == 4);
+  STATIC_REQUIRE(attnkit::detail::simd::registers<wide_arch> == 32);
+}
+#endif
