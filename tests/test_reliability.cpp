@@ -455,6 +455,7 @@ enum class scene {
   v_pm_3e38,          // v = +-3e38 at random, q and k in [-1, 1]
   v_halves_tie,       // v = +3e38 for the first half of the keys, -3e38 for the rest; q = k = 1
   v_halves_weighted,  // the same v; k = +1 on the first half, -1 on the rest, q = 1
+  qk_65504_tie,       // q = 65504, k = 1: finite scores near 1e5 that tie; v in [-1, 1]
 };
 
 const char* name(scene s) {
@@ -467,13 +468,16 @@ const char* name(scene s) {
     case scene::v_pm_3e38: return "v = +-3e38 at random";
     case scene::v_halves_tie: return "v = +3e38 / -3e38 by halves, ties";
     case scene::v_halves_weighted: return "v = +3e38 / -3e38 by halves, weighted";
+    case scene::qk_65504_tie: return "q = 65504, k = 1 (ties near 1e5)";
   }
   return "?";
 }
 
+// qk_65504_tie found by the fuzzer: split-key partials kept m + log2(l) in float, which at
+// m ~ 1e5 rounds log2(l) to 1/32 and weighed the splits up to 1% wrong.
 constexpr scene all_scenes[] = {scene::qk_1e20_tie,   scene::qk_1e20_signs, scene::q_3e38_k_0,
                                 scene::q_3e38_k_tiny, scene::v_1e38,        scene::v_pm_3e38,
-                                scene::v_halves_tie,  scene::v_halves_weighted};
+                                scene::v_halves_tie,  scene::v_halves_weighted, scene::qk_65504_tie};
 
 bool needs_dim_1(scene sc) { return sc == scene::q_3e38_k_0 || sc == scene::q_3e38_k_tiny; }
 
@@ -530,6 +534,10 @@ qkv<T> scene_inputs(scene sc, problem s, std::mt19937& gen, double& vmax) {
       });
       in.v.for_each([&](index_t b, index_t h, index_t j, index_t d) { in.v.set(b, h, j, d, j < half ? 3e38f : -3e38f); });
       vmax = 3e38;
+      break;
+    case scene::qk_65504_tie:
+      rows(in.q, [](index_t, index_t, index_t) { return 65504.f; });
+      rows(in.k, [](index_t, index_t, index_t) { return 1.f; });
       break;
   }
   return in;
@@ -1319,7 +1327,8 @@ TEST_CASE("decision 7: INT64_MAX windows with per-batch key_lens / query_lens eq
 }
 
 // =============================================================================================
-// Decision 8: field bounds. |scale| <= 2^127 and finite; softcap 0 or in [2^-126, 2^127];
+// Decision 8: field bounds. scale 0 or finite with 2^-126 <= |scale| <= 2^127 (below, scale *
+// log2(e) is subnormal and imprecise); softcap 0 or in [2^-126, 2^127];
 // |alibi_slopes[h]| <= 2^127 and finite. Outside: error naming the field.
 // =============================================================================================
 
@@ -1361,11 +1370,14 @@ std::string float_text(float x) {
 
 }  // namespace
 
-TEST_CASE("decision 8: scale beyond 2^127 (or not finite) is rejected for every policy", "[reliability][fields]") {
+TEST_CASE("decision 8: scale beyond 2^127, below 2^-126 (but not 0) or not finite is rejected for every policy",
+          "[reliability][fields]") {
   ATTNKIT_SEEDED_RNG(gen);
   call_setup c(make_problem(1, 2, 1, 12, 12, 4, 4), gen);
-  const float above = std::nextafter(std::ldexp(1.f, 127), finf);
-  for (float scale : {3e38f, -3e38f, above, -above, std::numeric_limits<float>::max(), finf, -finf, fnan})
+  const float above = std::nextafter(std::ldexp(1.f, 127), finf), below = std::nextafter(std::ldexp(1.f, -126), 0.f);
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  for (float scale : {3e38f, -3e38f, above, -above, std::numeric_limits<float>::max(), finf, -finf, fnan, below, -below,
+                      1e-44f, tiny, -tiny})
     for_each_policy_with_scale(scale, [&](const char* name, const auto& p) {
       check_policy_rejected(std::string(name) + ": scale = " + float_text(scale), {"scale"}, p, c);
     });
@@ -1399,9 +1411,9 @@ TEST_CASE("decision 8: scale, softcap and slopes at the bounds are accepted and 
           "[reliability][fields][numerics]") {
   ATTNKIT_SEEDED_RNG(gen);
   const problem s = make_problem(1, 2, 1, 12, 12, 8, 8);
-  // scale +-2^127 (and the smallest subnormal): q, k = +-1 rows give scores +-8 * 2^127, a
-  // huge margin between signs and exact ties within one.
-  for (float scale : {std::ldexp(1.f, 127), -std::ldexp(1.f, 127), std::numeric_limits<float>::denorm_min()})
+  // scale +-2^127 (and +-2^-126): q, k = +-1 rows give scores +-8 * 2^127, a huge margin
+  // between signs and exact ties within one.
+  for (float scale : {std::ldexp(1.f, 127), -std::ldexp(1.f, 127), std::ldexp(1.f, -126), -std::ldexp(1.f, -126)})
     for_each_policy_with_scale(scale, [&](const char* name, const auto& p) {
       INFO(name << ": scale = " << float_text(scale));
       qkv<float> in = random_qkv<float>(s, gen);

@@ -214,7 +214,7 @@ std::string writable_mask::first_change(const memory& before, const memory& afte
 
 float decode_scale(fuzz_case& c) {
   const auto bad = [&](float x) {
-    c.fault("scale = " + fmt(double(x)) + " (expected finite, |scale| <= 2^127)");
+    c.fault("scale = " + fmt(double(x)) + " (expected 0 or finite, 2^-126 <= |scale| <= 2^127)");
     return x;
   };
   switch (c.r.take("scale", 16, 0)) {
@@ -225,7 +225,13 @@ float decode_scale(fuzz_case& c) {
     case 5: return bad(std::nextafter(pow2_127, f_inf));
     case 6: return bad(3e38f);
     case 7: return bad(flt_max);
-    case 8: return 1e-44f;
+    case 8:
+      switch (c.r.take("scale_tiny", 4, 0)) {
+        case 1: return bad(1e-44f);
+        case 2: return bad(-std::nextafter(pow2_m126, 0.f));
+        case 3: return -pow2_m126;
+        default: return pow2_m126;
+      }
     case 9: return bad(f_nan);
     case 10: return bad(f_inf);
     case 11: return -0.f;
@@ -736,6 +742,9 @@ std::vector<seed> seeds() {
       {"softmax-error-softcap-1e-44", {{"softcap", {6}}}},
       {"softmax-softcap-2-pow-minus-126", {{"softcap", {5}}, {"lse", {1}}}},
       {"softmax-error-scale-3e38", {{"scale", {6}}}},
+      {"softmax-error-scale-1e-44", {{"scale", {8}}, {"scale_tiny", {1}}}},
+      {"softmax-scale-2-pow-minus-126-q-k-minus-3e38",
+       {{"scale", {8}}, {"scale_tiny", {0}}, {"vals_q", {3}}, {"x_q", {8}}, {"vals_k", {3}}, {"x_k", {8}}, {"lse", {1}}}},
       {"softmax-scale-2-pow-127-integer-inputs", {{"scale", {4}}, {"vals_q", {2}}, {"vals_k", {2}}, {"lse", {1}}}},
       {"softmax-error-slope-3e38", {{"alibi", {3}}, {"slope_x", {4}}}},
       {"softmax-slope-minus-1e38", {{"alibi", {3}}, {"slope_x", {1}}, {"n", {16}}, {"lse", {1}}}},

@@ -32,10 +32,12 @@ inline constexpr index_t max_view_bytes = index_t(1) << 56;
 /// the engine's base-2 units, it stays finite.
 inline constexpr float max_multiplier = 0x1p127f;
 
-/// Checks `scale`, the multiplier of q.k every policy has: finite, |scale| <= 2^127.
+/// Checks `scale`, the multiplier of q.k every policy has: 0 (1/sqrt(D)) or finite with
+/// 2^-126 <= |scale| <= 2^127. Below 2^-126, scale * log2(e) (the engines' base-2 units) is a
+/// subnormal float with a few bits left: scale 1e-44 put lse 1% off the reference.
 inline void validate_scale(const char* policy, float scale) {
-  require(std::isfinite(scale) && std::fabs(scale) <= max_multiplier, policy, ": scale = ", scale,
-          ", expected a finite value of magnitude at most 2^127");
+  require(scale == 0 || (std::isfinite(scale) && std::fabs(scale) >= 0x1p-126f && std::fabs(scale) <= max_multiplier),
+          policy, ": scale = ", scale, ", expected 0 (1/sqrt(D)) or a finite value of magnitude in [2^-126, 2^127]");
 }
 
 /// Bytes of a dense_mask(p, nq, nk): nq and nk in [0, 2^31 - 1], their product checked.

@@ -76,7 +76,8 @@ const float* float_rows(const tensor_view<const T>& t, index_t b, index_t h, ind
                         float* buf, index_t& row_stride) {
   if constexpr (std::is_same_v<T, float>) {
     if (t.stride(dim_axis) == 1) {
-      row_stride = step * t.stride(seq_axis);
+      // One row: any stride does (the product may overflow); more: the rows lie in t.
+      row_stride = n > 1 ? step * t.stride(seq_axis) : 0;
       return t.row(b, h, first);
     }
   }
@@ -92,9 +93,8 @@ template <class T>
 simd::rows_ahead rows_of(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step) {
   if (t.stride(dim_axis) != 1) return {};
   const std::uintptr_t row0 = reinterpret_cast<std::uintptr_t>(t.row(b, h, 0));
-  const index_t stride = step * t.stride(seq_axis) * static_cast<index_t>(sizeof(T));
-  return {row0 + static_cast<std::uintptr_t>(first * t.stride(seq_axis) * static_cast<index_t>(sizeof(T))), stride,
-          t.dim() * static_cast<index_t>(sizeof(T))};
+  return {row0 + simd::wrapping_bytes(first, t.stride(seq_axis), sizeof(T)),
+          simd::wrapping_bytes(step, t.stride(seq_axis), sizeof(T)), t.dim() * static_cast<index_t>(sizeof(T))};
 }
 
 /// One chunk of a run: keys key0, key0 + step, ... (nkeys of them) at run positions pos0, ...
@@ -366,7 +366,7 @@ void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t,
   const index_t vds = v.stride(dim_axis);
   for_each_chunk<G>(plan, t, b, kbeg, kend, [&](const chunk& ch) {
     const std::uint16_t* kp = reinterpret_cast<const std::uint16_t*>(k.row(b, hkv, ch.key0));
-    index_t ks = ch.step * k.stride(seq_axis);
+    index_t ks = ch.nkeys > 1 ? ch.step * k.stride(seq_axis) : 0;  // one key: any stride (see float_rows)
     if (!k_in_place) {
       for (int r = 0; r < ch.nkeys; ++r)
         for (index_t c = 0; c < 2 * pairs; ++c)
@@ -561,10 +561,13 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
 
   // Split results: normalised partial outputs [slot][row][dv] and their base-2 lse (-inf
   // for a chunk that was not run).
-  std::vector<float> part_out, part_lse;
+  // A chunk's log-sum-exp in double: in float, m + log2(l) at m ~ 5e5 rounded log2(l) to 1/32
+  // and weighed the chunks up to 1% wrong.
+  std::vector<float> part_out;
+  std::vector<double> part_lse;
   if (splits > 1) {
     part_out.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br * pb.dv), 0.f);
-    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), neg_inf);
+    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), -std::numeric_limits<double>::infinity());
   }
 
   // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
@@ -624,7 +627,8 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       } else {
         float* dst = part_out.data() + (w.slot * G::Br + r) * pb.dv;
         for (index_t c = 0; c < pb.dv; ++c) dst[c] = lse2 == neg_inf ? 0.f : src[c * src_stride] * inv;
-        part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] = lse2;
+        part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] =
+            seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : -std::numeric_limits<double>::infinity();
       }
     }
   });
@@ -644,16 +648,16 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     double* merged = static_cast<double*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(double)));
     for (int r = 0; r < t.rows; ++r) {
       const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
-      float mx = neg_inf;
+      double mx = -std::numeric_limits<double>::infinity();
       for (index_t c = 0; c < splits; ++c) mx = std::max(mx, lse_of(c));
       std::fill(merged, merged + pb.dv, 0.0);
       double total = 0;
-      if (mx != neg_inf) {
-        for (index_t c = 0; c < splits; ++c) total += std::exp2(double(lse_of(c)) - mx);
+      if (mx != -std::numeric_limits<double>::infinity()) {
+        for (index_t c = 0; c < splits; ++c) total += std::exp2(lse_of(c) - mx);
         // Normalised weights, in double: a convex combination of finite partials stays finite
         // (in float, weights summing to 1 + 1 ulp took FLT_MAX partials to inf).
         for (index_t c = 0; c < splits; ++c) {
-          const double wgt = std::exp2(double(lse_of(c)) - mx) / total;
+          const double wgt = std::exp2(lse_of(c) - mx) / total;
           const float* src = part_out.data() + ((gt * splits + c) * G::Br + r) * pb.dv;
           for (index_t d = 0; d < pb.dv; ++d) merged[d] += wgt * src[d];
         }
@@ -661,7 +665,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(merged[c]));
       if (o.lse)
         o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] =
-            mx == neg_inf ? neg_inf : static_cast<float>((mx + std::log2(total)) * ln2);
+            mx == -std::numeric_limits<double>::infinity() ? neg_inf : static_cast<float>((mx + std::log2(total)) * double(ln2));
     }
   });
 }
@@ -680,8 +684,9 @@ void run_geometry(const Policy& p, const problem& pb, const tensor_view<const Q>
 }
 
 /// bf16 or f16 inputs that many query tiles read are widened to float once per call, into a
-/// scratch copy, rather than per tile and key chunk (bf16 ran at 0.84x the float speed so on
-/// an AVX2 build, N 2048, D 128). Calls whose copies would take more than this widen per chunk.
+/// scratch copy, rather than per tile and key chunk (widened per chunk, bf16 ran at 0.84x the
+/// float speed on an AVX2 build, N 2048, D 128). Calls whose copies would take more than this
+/// widen per chunk.
 inline constexpr index_t max_widened_bytes = index_t(64) << 20;
 
 /// t as float, contiguous (b, h, s, d), in dst; rows widened in parallel.

@@ -114,8 +114,10 @@ template <class T>
 const float* rows_as_float(const tensor_view<const T>& t, index_t b, index_t h, index_t first, index_t step, int n,
                            float* buf, index_t& row_stride) {
   if constexpr (std::is_same_v<T, float>) {
-    if (t.stride(dim_axis) == 1 && step * t.stride(seq_axis) * W < (index_t(1) << 31)) {
-      row_stride = step * t.stride(seq_axis);
+    // One row: any stride does (the product may overflow); more: the rows lie in t.
+    const index_t stride = n > 1 ? step * t.stride(seq_axis) : 0;
+    if (t.stride(dim_axis) == 1 && saturating_mul(stride, W) < (index_t(1) << 31)) {
+      row_stride = stride;
       return t.row(b, h, first);
     }
   }
@@ -197,7 +199,7 @@ class prefetch_queue {
   void add_rows(const tensor_view<T>& t, index_t b, index_t h, index_t first, index_t step, index_t n, bool write) {
     if (t.stride(dim_axis) != 1 || n <= 0) return;
     const std::size_t row = static_cast<std::size_t>(t.dim()) * sizeof(T);
-    if (step * t.stride(seq_axis) == t.dim()) return add(t.row(b, h, first), static_cast<std::size_t>(n) * row, write);
+    if (n == 1 || step * t.stride(seq_axis) == t.dim()) return add(t.row(b, h, first), static_cast<std::size_t>(n) * row, write);
     for (index_t i = 0; i < n; ++i) add(t.row(b, h, first + i * step), row, write);
   }
 
@@ -259,7 +261,7 @@ void fill_segment(const neighborhood<Rank>& p, const tensor_view<const T>& t, in
   simd::rows_ahead next_rows;
   if (t.stride(dim_axis) == 1 && valid > 0)
     next_rows = {reinterpret_cast<std::uintptr_t>(t.row(b, h, line * len + g + d * start)),
-                 static_cast<index_t>(d * t.stride(seq_axis) * static_cast<index_t>(sizeof(T))),
+                 simd::wrapping_bytes(d, t.stride(seq_axis), sizeof(T)),
                  static_cast<index_t>(t.dim() * static_cast<index_t>(sizeof(T)))};
   for (index_t u = 0; u < valid; u += W) {
     // The rows were prefetched by earlier tasks (prefetch_queue): read across, in place.

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #if defined(__AVX512F__)
@@ -20,9 +22,15 @@ namespace attnkit::detail::simd {
 /// Rows of another stream brought into cache while a kernel reads its own (at decode the
 /// hardware prefetchers follow one stream at a time): row j's cache lines are requested when
 /// the kernel reaches its key j. first == 0: none.
+/// count * elements * size bytes, modulo 2^64: rows_ahead's addresses may lie past the last row
+/// (prefetches do not fault), where validation bounds no product of a stride.
+inline std::uintptr_t wrapping_bytes(index_t count, index_t elements, std::size_t size) {
+  return static_cast<std::uintptr_t>(count) * static_cast<std::uintptr_t>(elements) * size;
+}
+
 struct rows_ahead {
-  std::uintptr_t first = 0;
-  index_t stride = 0, bytes = 0;  // in bytes
+  std::uintptr_t first = 0, stride = 0;  // in bytes, modulo 2^64 (see wrapping_bytes)
+  index_t bytes = 0;
   ATTNKIT_ALWAYS_INLINE void row(int j) const { request<3>(j, j + 1); }
   /// Rows [j0, j1) into L2 only: the tile kernels' chunks (tens of KiB) would crowd their own
   /// rows out of L1.
@@ -33,7 +41,7 @@ struct rows_ahead {
   ATTNKIT_ALWAYS_INLINE void request(int j0, int j1) const {
     if (!first) return;
     for (int j = j0; j < j1; ++j) {
-      const std::uintptr_t at = first + static_cast<std::uintptr_t>(j * stride);
+      const std::uintptr_t at = first + static_cast<std::uintptr_t>(j) * stride;
       for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, Locality);
     }
   }
