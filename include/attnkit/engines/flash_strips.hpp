@@ -394,7 +394,9 @@ ATTNKIT_ALWAYS_INLINE void qk_line(const float* const* q, const float* krow, ind
     const row_keys<L> keys(kr);
     static_for<OB>([&](auto o) ATTNKIT_INLINE_LAMBDA {
       constexpr int O = decltype(o)::value;
-      const V k = keys.template at<O>(idx);  // N FMAs per key vector
+      // N FMAs per key vector, loaded once: folded into each FMA (GCC's choice), the loads,
+      // half of them across a cache line, were the limit with 16 registers (AVX2).
+      const V k = simd::in_register(keys.template at<O>(idx));
       ATTNKIT_UNROLL for (int n = 0; n < N; ++n) acc[n][O] = xsimd::fma(qc[n], k, acc[n][O]);
     });
   }
