@@ -549,14 +549,17 @@ ATTNKIT_NOINLINE inline void compute_task(const task_work& t, prefetch_queue::cu
         q[i] = t.q[which[i]], s[i] = t.s[which[i]] + static_cast<std::size_t>(li * t.offsets * W);
       with_strip_count(n, [&](auto strips) {
         constexpr int N = decltype(strips)::value;
-        // Passes of as many offsets as the registers hold (up to 2 x 13 or 3 x 7 accumulators
+        // Passes of at most as many offsets as the registers hold (2 x 13 or 3 x 7 accumulators
         // with 32 registers): the sizes that fit are instantiated, the others never run.
         const auto pass = [&](int o0, auto m) ATTNKIT_INLINE_LAMBDA {
           if constexpr (decltype(m)::value <= max_offsets_per_pass<N>)
             qk_line<decltype(m)::value, N, L>(q, t.krows[li], t.segment, t.d, perm, o0, s, ahead);
         };
-        for (int o0 = 0; o0 < t.offsets;) {
-          const int n_offsets = std::min(t.offsets - o0, max_offsets_per_pass<N>);
+        // Passes of equal size: a short last one (13 = 4 + 4 + 4 + 1 with 16 registers) has too
+        // few accumulator chains to cover the FMA latency; 4 + 3 + 3 + 3 has 9 or more.
+        constexpr int most = max_offsets_per_pass<N>;
+        for (int o0 = 0, passes = (t.offsets + most - 1) / most; o0 < t.offsets; passes = std::max(passes - 1, 1)) {
+          const int n_offsets = std::min(most, (t.offsets - o0 + passes - 1) / passes);
           if constexpr (N <= 2)
             o0 += largest_block<13, 11, 9, 7, 6, 5, 4, 3, 2, 1>(n_offsets, [&](auto m) { pass(o0, m); });
           else
