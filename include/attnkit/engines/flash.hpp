@@ -563,11 +563,12 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
   // for a chunk that was not run).
   // A chunk's log-sum-exp in double: in float, m + log2(l) at m ~ 5e5 rounded log2(l) to 1/32
   // and weighed the chunks up to 1% wrong.
+  constexpr double no_lse = -std::numeric_limits<double>::infinity();
   std::vector<float> part_out;
   std::vector<double> part_lse;
   if (splits > 1) {
     part_out.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br * pb.dv), 0.f);
-    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), -std::numeric_limits<double>::infinity());
+    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), no_lse);
   }
 
   // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
@@ -627,8 +628,8 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       } else {
         float* dst = part_out.data() + (w.slot * G::Br + r) * pb.dv;
         for (index_t c = 0; c < pb.dv; ++c) dst[c] = lse2 == neg_inf ? 0.f : src[c * src_stride] * inv;
-        part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] =
-            seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : -std::numeric_limits<double>::infinity();
+        const double chunk_lse2 = seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : no_lse;
+        part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] = chunk_lse2;
       }
     }
   });
@@ -648,11 +649,11 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     double* merged = static_cast<double*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(double)));
     for (int r = 0; r < t.rows; ++r) {
       const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
-      double mx = -std::numeric_limits<double>::infinity();
+      double mx = no_lse;
       for (index_t c = 0; c < splits; ++c) mx = std::max(mx, lse_of(c));
       std::fill(merged, merged + pb.dv, 0.0);
       double total = 0;
-      if (mx != -std::numeric_limits<double>::infinity()) {
+      if (mx != no_lse) {
         for (index_t c = 0; c < splits; ++c) total += std::exp2(lse_of(c) - mx);
         // Normalised weights, in double: a convex combination of finite partials stays finite
         // (in float, weights summing to 1 + 1 ulp took FLT_MAX partials to inf).
@@ -665,7 +666,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(merged[c]));
       if (o.lse)
         o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] =
-            mx == -std::numeric_limits<double>::infinity() ? neg_inf : static_cast<float>((mx + std::log2(total)) * double(ln2));
+            mx == no_lse ? neg_inf : static_cast<float>((mx + std::log2(total)) * double(ln2));
     }
   });
 }

@@ -199,7 +199,8 @@ class prefetch_queue {
   void add_rows(const tensor_view<T>& t, index_t b, index_t h, index_t first, index_t step, index_t n, bool write) {
     if (t.stride(dim_axis) != 1 || n <= 0) return;
     const std::size_t row = static_cast<std::size_t>(t.dim()) * sizeof(T);
-    if (n == 1 || step * t.stride(seq_axis) == t.dim()) return add(t.row(b, h, first), static_cast<std::size_t>(n) * row, write);
+    if (n == 1 || step * t.stride(seq_axis) == t.dim())  // one row: any stride
+      return add(t.row(b, h, first), static_cast<std::size_t>(n) * row, write);
     for (index_t i = 0; i < n; ++i) add(t.row(b, h, first + i * step), row, write);
   }
 

@@ -19,15 +19,15 @@
 
 namespace attnkit::detail::simd {
 
-/// Rows of another stream brought into cache while a kernel reads its own (at decode the
-/// hardware prefetchers follow one stream at a time): row j's cache lines are requested when
-/// the kernel reaches its key j. first == 0: none.
 /// count * elements * size bytes, modulo 2^64: rows_ahead's addresses may lie past the last row
 /// (prefetches do not fault), where validation bounds no product of a stride.
 inline std::uintptr_t wrapping_bytes(index_t count, index_t elements, std::size_t size) {
   return static_cast<std::uintptr_t>(count) * static_cast<std::uintptr_t>(elements) * size;
 }
 
+/// Rows of another stream brought into cache while a kernel reads its own (at decode the
+/// hardware prefetchers follow one stream at a time): row j's cache lines are requested when
+/// the kernel reaches its key j. first == 0: none.
 struct rows_ahead {
   std::uintptr_t first = 0, stride = 0;  // in bytes, modulo 2^64 (see wrapping_bytes)
   index_t bytes = 0;
@@ -281,7 +281,7 @@ inline void pv_rows_tile(const float* ATTNKIT_RESTRICT p, int nkeys, const float
     const float* pj = p + j0 * R;
     const float* vj = v + j0 * vs;
     rows_ahead block_ahead = ahead;
-    if (block_ahead.first) block_ahead.first += static_cast<std::uintptr_t>(j0 * ahead.stride);
+    if (block_ahead.first) block_ahead.first += static_cast<std::uintptr_t>(j0) * ahead.stride;
     for (int r0 = 0; r0 < R; r0 += 2) {
       // The first pass over the block requests the rows ahead.
       const auto ahead_of = [&](index_t c) { return r0 == 0 && c == 0 ? block_ahead : rows_ahead{}; };
