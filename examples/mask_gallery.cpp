@@ -15,9 +15,11 @@
 // Needs stb_image_write (Debian/Ubuntu: libstb-dev). Standalone build:
 //   g++ -std=c++17 -O2 -I include examples/mask_gallery.cpp -o mask_gallery
 #include <attnkit/variants/custom.hpp>
+#include <attnkit/variants/hip.hpp>
 #include <attnkit/variants/neighborhood.hpp>
 #include <attnkit/variants/power.hpp>
 #include <attnkit/variants/radial.hpp>
+#include <attnkit/variants/routing.hpp>
 #include <attnkit/variants/softmax.hpp>
 
 // stb is C written for -Wall; -Wextra flags its partial struct initialisers when the header is
@@ -32,7 +34,9 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
+#include <cmath>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -184,6 +188,21 @@ attnkit::neighborhood<2> na2d(index_t rows, index_t cols, index_t kernel) {
   return p;
 }
 
+/// Rows of a [1, 1, n, d] tensor with local structure, as real sequences have: a slow random
+/// walk along the sequence (neighbours correlated 0.97) plus `jumps` topic changes.
+std::vector<float> walk(index_t n, index_t d, std::mt19937& gen, int jumps = 0) {
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<std::size_t>(n * d));
+  const float rho = 0.97f, fresh = std::sqrt(1 - rho * rho);
+  for (index_t i = 0; i < n; ++i)
+    for (index_t c = 0; c < d; ++c) {
+      const bool restart = i == 0 || (jumps > 0 && i % (n / (jumps + 1)) == 0);
+      float& v = x[static_cast<std::size_t>(i * d + c)];
+      v = restart ? normal(gen) : rho * x[static_cast<std::size_t>((i - 1) * d + c)] + fresh * normal(gen);
+    }
+  return x;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -315,6 +334,66 @@ int main(int argc, char** argv) {
       std::vector<image> slices;
       for (index_t t = 0; t < p.shape[0]; ++t) slices.push_back(paint_grid(mask, n, query, t * plane, 12, 12));
       save(side_by_side(slices), "neighborhood_3d.png");
+    }
+
+    // ---- HiP picks its keys from q and k: here, sequences of 256 tokens with local structure
+    // and three topic changes; top_k 32 (16 blocks of 2) per block of 16 queries, 4 sink
+    // tokens and a window of 16, causal. Each query block's picks cluster where its scores
+    // are high: recent tokens, and earlier tokens of similar content.
+    {
+      std::mt19937 gen(7);
+      const index_t n = 256, d = 16;
+      const std::vector<float> q = walk(n, d, gen, 3), k = walk(n, d, gen, 3);
+      attnkit::hip p;
+      p.top_k = 32, p.block_q = 16, p.block_k = 2, p.sink = 4, p.window = 16;
+      const mask_t mask = attnkit::dense_mask(p, attnkit::view_bhsd(q.data(), 1, 1, n, d),
+                                              attnkit::view_bhsd(k.data(), 1, 1, n, d));
+      save(paint_matrix(mask, n, n, every(16, n), every(n / 4, n)), "hip_selected.png");
+    }
+
+    // ---- Routing: 96 tokens drawn around 4 topics, 4 centroids from kmeans_init, balanced
+    // clusters of 24. Left: the pairs in token order; right: the same pairs with queries and
+    // keys listed cluster by cluster (block diagonal; a token in several clusters repeats).
+    {
+      std::mt19937 gen(3);
+      std::normal_distribution<float> normal;
+      const index_t n = 96, d = 16, clusters = 4;
+      std::vector<float> topics(static_cast<std::size_t>(clusters * d)), x(static_cast<std::size_t>(n * d));
+      for (float& t : topics) t = normal(gen);
+      for (index_t i = 0; i < n; ++i) {
+        const index_t topic = static_cast<index_t>(gen() % clusters);
+        for (index_t c = 0; c < d; ++c)
+          x[static_cast<std::size_t>(i * d + c)] = topics[static_cast<std::size_t>(topic * d + c)] + 0.4f * normal(gen);
+      }
+      const auto view = attnkit::view_bhsd(x.data(), 1, 1, n, d);  // shared q = k, as the paper's models
+      attnkit::routing p;
+      p.num_clusters = clusters;
+      std::vector<float> mu(static_cast<std::size_t>(clusters * d));
+      const std::vector<float> vectors = attnkit::routing_vectors(p, view, view, 0);
+      attnkit::kmeans_init(mu.data(), vectors.data(), static_cast<index_t>(vectors.size()) / d, d, clusters, 1);
+      p.centroids = mu.data();
+      const attnkit::routing_clusters rc = attnkit::routing_membership(p, view, view, 0, 0);
+      mask_t by_token(static_cast<std::size_t>(n * n), 0);
+      std::vector<index_t> rows, cols, row_lines, col_lines;
+      for (std::size_t c = 0; c < rc.queries.size(); ++c) {
+        for (const index_t i : rc.queries[c])
+          for (const index_t j : rc.keys[c]) by_token[static_cast<std::size_t>(i * n + j)] = 1;
+        rows.insert(rows.end(), rc.queries[c].begin(), rc.queries[c].end());
+        cols.insert(cols.end(), rc.keys[c].begin(), rc.keys[c].end());
+        row_lines.push_back(static_cast<index_t>(rows.size()));
+      }
+      const index_t nr = static_cast<index_t>(rows.size()), nc = static_cast<index_t>(cols.size());
+      mask_t by_cluster(static_cast<std::size_t>(nr * nc), 0);
+      index_t r0 = 0, c0 = 0;
+      for (std::size_t c = 0; c < rc.queries.size(); ++c) {
+        const index_t qn = static_cast<index_t>(rc.queries[c].size()), kn = static_cast<index_t>(rc.keys[c].size());
+        for (index_t i = 0; i < qn; ++i)
+          for (index_t j = 0; j < kn; ++j) by_cluster[static_cast<std::size_t>((r0 + i) * nc + c0 + j)] = 1;
+        r0 += qn, c0 += kn;
+      }
+      row_lines.pop_back();
+      save(side_by_side({paint_matrix(by_token, n, n), paint_matrix(by_cluster, nr, nc, {}, row_lines)}),
+           "routing_clusters.png");
     }
   } catch (const attnkit::error& e) {
     std::fprintf(stderr, "mask_gallery: %s\n", e.what());

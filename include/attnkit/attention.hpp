@@ -13,15 +13,19 @@
 #include "core/tensor_view.hpp"
 #include "engines/flash.hpp"
 #include "reference/custom.hpp"
+#include "reference/hip.hpp"
 #include "reference/masked.hpp"
 #include "reference/neighborhood.hpp"
 #include "reference/power.hpp"
 #include "reference/radial.hpp"
+#include "reference/routing.hpp"
 #include "reference/softmax.hpp"
 #include "variants/custom.hpp"
+#include "variants/hip.hpp"
 #include "variants/neighborhood.hpp"
 #include "variants/power.hpp"
 #include "variants/radial.hpp"
+#include "variants/routing.hpp"
 #include "variants/softmax.hpp"
 
 namespace attnkit {
@@ -42,6 +46,29 @@ template <class Policy>
 struct is_flash_policy<Policy, std::void_t<decltype(sizeof(flash::flash_plan<Policy>))>> : std::true_type {};
 template <class Policy>
 inline constexpr bool is_flash_policy_v = is_flash_policy<Policy>::value;
+
+/// Content-based policies select keys from q and k first, then run the flash engine.
+template <class Policy>
+inline constexpr bool has_own_driver_v = std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip>;
+
+/// Checks a policy needs the views for (routing: the centroids' count is Hq * C * D).
+template <class Policy, class Q, class K>
+void validate_with_views(const Policy&, const tensor_view<Q>&, const tensor_view<K>&) {}
+template <class Q, class K>
+void validate_with_views(const routing& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+  validate_centroids(p, q.heads(), q.dim());
+}
+
+template <class Policy, class Q, class K, class V, class O>
+void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const K>& k, const tensor_view<const V>& v,
+         const tensor_view<O>& out, const options& o) {
+  if constexpr (std::is_same_v<Policy, routing>)
+    run_routing(p, q, k, v, out, o);
+  else if constexpr (std::is_same_v<Policy, hip>)
+    run_hip(p, q, k, v, out, o);
+  else
+    flash::run(p, q, k, v, out, o);
+}
 }  // namespace detail
 
 /// Runs attention variant `p` on q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv] into
@@ -53,10 +80,12 @@ void attention(const Policy& p, tensor_view<Q, Space> q, tensor_view<K, Space> k
                 "attnkit: CUDA views need a translation unit compiled by nvcc (CUDA specialisations "
                 "live in include/attnkit/cuda/); this build is host-only");
   static_assert(std::is_same_v<Space, host>, "attnkit: no CUDA specialisation exists yet for this policy");
-  static_assert(detail::is_flash_policy_v<Policy>, "attnkit: unknown attention policy");
+  static_assert(detail::is_flash_policy_v<Policy> || detail::has_own_driver_v<Policy>,
+                "attnkit: unknown attention policy");
   detail::check_shapes(q, k, v, out, o);
   detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
-  detail::flash::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
+  detail::validate_with_views(p, q, k);
+  detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
 }
 
 namespace reference {
@@ -67,6 +96,7 @@ void attention(const Policy& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<
                const options& o = {}) {
   attnkit::detail::check_shapes(q, k, v, out, o);
   attnkit::detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
+  attnkit::detail::validate_with_views(p, q, k);
   detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
 }
 

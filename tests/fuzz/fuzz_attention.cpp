@@ -41,6 +41,8 @@ const policy_entry policy_table[] = {
     {"radial", decode_radial},
     {"custom", decode_custom},
     {"merge_states", decode_merge_states},
+    {"hip", decode_hip},
+    {"routing", decode_routing},
 };
 constexpr std::uint64_t policy_slots = 16;
 static_assert(std::size(policy_table) <= policy_slots, "attnkit fuzz: more policies than slots");
@@ -801,6 +803,25 @@ std::vector<seed> seeds() {
       {"custom-dense-mask-error-2-pow-32-squared", {{"policy", {6}}, {"keep", {1}}, {"dense_mask", {3}}}},
       {"radial-official-dense-mask", {{"policy", {5}}, {"radial_mode", {1}}, {"dense_mask", {1}}}},
       {"neighborhood2-dense-mask", {{"policy", {2}}, {"dense_mask", {1}}}},
+      // hip
+      {"hip-causal-block-4", {{"policy", {8}}, {"n", {48}}, {"lse", {1}}}},
+      {"hip-sink-window-strides-gqa",
+       {{"policy", {8}}, {"n", {64}}, {"sink", {2}}, {"window", {2}}, {"hip_stride_q", {1}}, {"block_k", {2}}, {"hip_stride_k", {1}},
+        {"kv_heads", {1}}, {"group", {2}}, {"lse", {1}}}},
+      {"hip-noncausal-integer-inputs", {{"policy", {8}}, {"n", {60}}, {"hip_causal", {0}}, {"vals_q", {2}}, {"vals_k", {2}}}},
+      {"hip-decode-bf16", {{"policy", {8}}, {"seq_mode", {2}}, {"nk_long", {2048}}, {"types", {1}}, {"lse", {1}}}},
+      {"hip-nq-gt-nk-window-2-pow-62", {{"policy", {8}}, {"seq_mode", {1}}, {"nq", {20}}, {"nk", {5}}, {"window", {5}}, {"lse", {1}}}},
+      {"hip-error-stride-q-above-block", {{"policy", {8}}, {"hip_stride_q", {3}}}},
+      {"hip-error-block-k-2-pow-32", {{"policy", {8}}, {"block_k", {6}}}},
+      // routing
+      {"routing-balanced", {{"policy", {9}}, {"n", {40}}, {"lse", {1}}}},
+      {"routing-argmax-causal-l2-gqa",
+       {{"policy", {9}}, {"n", {50}}, {"assignment", {1}}, {"routing_norm", {1}}, {"routing_causal", {1}}, {"kv_heads", {1}},
+        {"group", {2}}, {"lse", {1}}}},
+      {"routing-windows-nq-lt-nk-f16", {{"policy", {9}}, {"seq_mode", {1}}, {"nq", {9}}, {"nk", {40}}, {"window_q", {2}}, {"window_k", {3}}, {"types", {2}}}},
+      {"routing-error-null-centroids", {{"policy", {9}}, {"centroids", {1}}}},
+      {"routing-error-nan-centroid", {{"policy", {9}}, {"centroids", {2}}}},
+      {"routing-error-clusters-2-pow-32", {{"policy", {9}}, {"num_clusters", {7}}}},
       // merge_states
       {"merge-states", {{"policy", {7}}}},
       {"merge-states-minus-inf", {{"policy", {7}}, {"m_lse_a", {2}}, {"m_lse_b", {1}}}},

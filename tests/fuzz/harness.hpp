@@ -615,6 +615,39 @@ double out_rel() {  // the output type's rounding (either neighbour may come out
 /// The element-type and layout part of one attention run: decodes views, lse, options,
 /// aliasing and values, then runs the fast path, the reference and (for determinism) the fast
 /// path on one thread, and checks the outcomes.
+/// Content-based policies (HiP, routing) choose keys from q and k: the fast path in float, the
+/// reference in double, so a near tie may go either way and then the outputs differ for good
+/// reason. Returns where the two choices differ ("" when they agree, and for every other
+/// policy).
+template <class Policy, class Q, class K>
+std::string choices_differ(const Policy&, const attnkit::tensor_view<const Q>&, const attnkit::tensor_view<const K>&) {
+  return {};
+}
+template <class Q, class K>
+std::string choices_differ(const attnkit::hip& p, const attnkit::tensor_view<const Q>& q,
+                           const attnkit::tensor_view<const K>& k) {
+  for (index_t b = 0; b < q.batch(); ++b)
+    for (index_t h = 0; h < q.heads(); ++h)
+      if (attnkit::dense_mask(p, q, k, b, h) != attnkit::reference::hip_mask(p, q, k, b, h))
+        return "HiP's kept keys of b = " + fmt(b) + ", h = " + fmt(h);
+  return {};
+}
+template <class Q, class K>
+std::string choices_differ(const attnkit::routing& p, const attnkit::tensor_view<const Q>& q,
+                           const attnkit::tensor_view<const K>& k) {
+  for (index_t b = 0; b < q.batch(); ++b)
+    for (index_t h = 0; h < q.heads(); ++h) {
+      const auto fast = attnkit::routing_membership(p, q, k, b, h);
+      const auto ref = attnkit::reference::routing_membership(p, q, k, b, h);
+      if (fast.queries != ref.queries || fast.keys != ref.keys) return "routing's clusters of b = " + fmt(b) + ", h = " + fmt(h);
+    }
+  return {};
+}
+/// HiP scores blocks by raw dot products: with integer q and k of magnitude <= 10 they are
+/// exact in float, so its choice must equal the reference's, ties included.
+template <class Policy>
+constexpr bool exact_on_integers = std::is_same_v<Policy, attnkit::hip>;
+
 template <class Policy, class Q, class K, class V, class O>
 void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   reader& r = c.r;
@@ -886,7 +919,17 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   if (fa.kind != outcome::ok) return;  // the callback's exception: out and lse may be partly written
 
   // Results.
-  const bool compare = fr.kind == outcome::ok && (tight || ties || alibi_dominant);
+  bool compare = fr.kind == outcome::ok && (tight || ties || alibi_dominant);
+  if (compare) {
+    const std::string differ = choices_differ(p, attnkit::tensor_view<const Q>(make_view<Q>(vs[0], initial)),
+                                              attnkit::tensor_view<const K>(make_view<K>(vs[1], initial)));
+    if (!differ.empty()) {
+      if (exact_on_integers<Policy> && tight && qs.integral && ks.integral)
+        report(c, "exact scores, yet the fast path and the reference choose different keys: " + differ);
+      compare = false;
+      c.regime = "a near tie chosen differently by float and double (" + differ + "): finite inputs: no NaN";
+    }
+  }
   const std::string bad_out = check_results(vs[3], etype_of<O>(), fast, ref, nan_check, compare, out_atol, out_rtol,
                                             !tight, type_max<O>());
   if (!bad_out.empty()) report(c, bad_out);
@@ -972,6 +1015,8 @@ void decode_power(fuzz_case& c);
 void decode_radial(fuzz_case& c);
 void decode_custom(fuzz_case& c);
 void decode_merge_states(fuzz_case& c);
+void decode_hip(fuzz_case& c);
+void decode_routing(fuzz_case& c);
 
 /// Decodes and runs one case; false when the input is skipped (an unused policy slot, or over
 /// the harness's budget).

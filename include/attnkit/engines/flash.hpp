@@ -518,6 +518,38 @@ bool write_rows_in_registers([[maybe_unused]] const problem& pb, [[maybe_unused]
   return false;
 }
 
+/// Writes the rows of tile t, processed over keys [kbeg, kend) of its key sequence (all of
+/// them), to out and o.lse: normalised from sc.ot, or exactly (run_exact) when float fell short.
+template <class G, class Plan, class Q, class K, class Vt, class O>
+void write_tile(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const Q>& q,
+                const tensor_view<const K>& k, const tensor_view<const Vt>& v, index_t b, index_t hkv, index_t kbeg,
+                index_t kend, const scratch<G>& sc, const running<G>& st, const tensor_view<O>& out, const options& o) {
+  const auto lse_at = [&](const typename G::rows& tr, int r) -> float& {
+    return o.lse[(b * pb.q_heads + tr.head[r]) * pb.nq + tr.query[r]];
+  };
+  if (needs_exact<G>(pb, t, st, sc.ot)) {
+    return run_exact<G>(plan, pb, t, q, k, v, b, hkv, kbeg, kend, [&](int r, const double* row, double lse) {
+      for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(row[c]));
+      if (o.lse) lse_at(t, r) = static_cast<float>(lse);
+    });
+  }
+  alignas(64) float mr[G::Br], lr[G::Br];
+  ATTNKIT_UNROLL for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
+  const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };
+  // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
+  const bool transposed = write_rows_in_registers<G>(pb, t, out, b, sc.ot, lr, seen);
+  for (int r = 0; r < t.rows; ++r) {
+    const float lse2 = seen(r) ? mr[r] + std::log2(lr[r]) : neg_inf;
+    if (o.lse) lse_at(t, r) = seen(r) ? lse2 * ln2 : neg_inf;
+    if (transposed && seen(r)) continue;
+    const float* src = G::rows_in_lanes ? sc.ot + r : sc.ot + r * pb.dv;
+    const index_t src_stride = G::rows_in_lanes ? G::Br : 1;
+    const float inv = seen(r) ? 1.f / lr[r] : 0.f;
+    for (index_t c = 0; c < pb.dv; ++c)
+      out(b, t.head[r], t.query[r], c) = from_float<O>(seen(r) ? src[c * src_stride] * inv : 0.f);
+  }
+}
+
 template <class G, bool Cap, bool Alibi, class Plan, class Q, class K, class Vt, class O>
 void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
@@ -571,13 +603,6 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), no_lse);
   }
 
-  // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
-  auto write_row = [&](index_t b, index_t hq, index_t i, const float* src, index_t src_stride, float inv, float lse2) {
-    for (index_t c = 0; c < pb.dv; ++c)
-      out(b, hq, i, c) = from_float<O>(lse2 == neg_inf ? 0.f : src[c * src_stride] * inv);
-    if (o.lse) o.lse[(b * pb.q_heads + hq) * pb.nq + i] = lse2 == neg_inf ? neg_inf : lse2 * ln2;
-  };
-
   // Split tiles whose float work fell short, marked per slot (each item writes its own); the
   // merge recomputes them exactly over all their keys.
   std::vector<char> slot_exact(splits > 1 ? static_cast<std::size_t>(groups * tiles * splits) : 0, 0);
@@ -598,39 +623,21 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     else
 #endif
       process_tile<G, Cap, Alibi>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, st);
+    if (w.slot < 0) return write_tile<G>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend, sc, st, out, o);
     if (needs_exact<G>(pb, t, st, sc.ot)) {
-      if (w.slot >= 0) {
-        slot_exact[static_cast<std::size_t>(w.slot)] = 1;
-      } else {
-        run_exact<G>(plan, pb, t, q, k, v, w.b, w.hkv, w.kbeg, w.kend,
-                     [&](int r, const double* row, double lse) { write_exact(w.b, t, r, row, lse); });
-      }
+      slot_exact[static_cast<std::size_t>(w.slot)] = 1;
       return;
     }
     alignas(64) float mr[G::Br], lr[G::Br];
     ATTNKIT_UNROLL for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
     const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };
-    const bool transposed = w.slot < 0 && write_rows_in_registers<G>(pb, t, out, w.b, sc.ot, lr, seen);
     for (int r = 0; r < t.rows; ++r) {
       const float inv = seen(r) ? 1.f / lr[r] : 0.f;
-      const float lse2 = seen(r) ? mr[r] + std::log2(lr[r]) : neg_inf;
-      if (transposed) {  // only the rows that saw nothing (zeros) and the lse are left
-        if (!seen(r))
-          write_row(w.b, t.head[r], t.query[r], sc.ot, 0, 0.f, neg_inf);
-        else if (o.lse)
-          o.lse[(w.b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] = lse2 * ln2;
-        continue;
-      }
       const float* src = G::rows_in_lanes ? sc.ot + r : sc.ot + r * pb.dv;
       const index_t src_stride = G::rows_in_lanes ? G::Br : 1;
-      if (w.slot < 0) {
-        write_row(w.b, t.head[r], t.query[r], src, src_stride, inv, lse2);
-      } else {
-        float* dst = part_out.data() + (w.slot * G::Br + r) * pb.dv;
-        for (index_t c = 0; c < pb.dv; ++c) dst[c] = lse2 == neg_inf ? 0.f : src[c * src_stride] * inv;
-        const double chunk_lse2 = seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : no_lse;
-        part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] = chunk_lse2;
-      }
+      float* dst = part_out.data() + (w.slot * G::Br + r) * pb.dv;
+      for (index_t c = 0; c < pb.dv; ++c) dst[c] = seen(r) ? src[c * src_stride] * inv : 0.f;
+      part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] = seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : no_lse;
     }
   });
   if (splits == 1) return;
