@@ -172,12 +172,59 @@ struct hip_queries {
   std::int32_t min_limit;         // keys at or before it are visible to every sampled query
 };
 
-/// Fills score[j] for every listed key (row pointer, position): lanes kernel when the sampled
-/// queries fill vectors, else one dot product per (query, key) along the head dimension.
+/// The few-rows form of score_keys: the R (padded) sampled queries run along the head
+/// dimension, W / R keys per transposing reduction (simd::transpose_sum), and the keys, rows
+/// scattered in memory, are requested `ahead` keys before they are read.
+template <class Arch, int R>
+void score_keys_in_rows(const hip_queries& qs, const float* const* keys, const std::int32_t* key_pos, index_t count,
+                        float* score) {
+  using V = simd::vec<Arch>;
+  constexpr int W = static_cast<int>(V::size), KB = W / R, ahead = 32;
+  constexpr int A = R <= 2 && simd::registers<Arch> == 32 ? 2 : 1;  // accumulator chains per row
+  const index_t depth = qs.depth, body = depth / (A * W) * (A * W);
+  const float* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = qs.data + std::min<index_t>(r, qs.rows - 1) * depth;
+  for (index_t j = 0; j < count; j += KB) {
+    const int in_group = static_cast<int>(std::min<index_t>(KB, count - j));
+    V dots[W];
+    ATTNKIT_UNROLL for (int kb = 0; kb < KB; ++kb) {
+      const index_t key = j + std::min(kb, in_group - 1);  // past the end: repeat the last key
+      if (key + ahead < count)
+        for (index_t c = 0; c < depth; c += 64 / sizeof(float)) __builtin_prefetch(keys[key + ahead] + c, 0, 2);
+      const float* kr = keys[key];
+      V acc[A][R];
+      ATTNKIT_UNROLL for (int a = 0; a < A; ++a)
+        ATTNKIT_UNROLL for (int r = 0; r < R; ++r) acc[a][r] = V(0.f);
+      for (index_t c = 0; c < body; c += A * W)
+        ATTNKIT_UNROLL for (int a = 0; a < A; ++a) {
+          const V kv = simd::in_register(V::load_unaligned(kr + c + a * W));
+          ATTNKIT_UNROLL for (int r = 0; r < R; ++r)
+            acc[a][r] = xsimd::fma(kv, V::load_unaligned(rows[r] + c + a * W), acc[a][r]);
+        }
+      ATTNKIT_UNROLL for (int r = 0; r < R; ++r) {
+        dots[kb * R + r] = acc[0][r];
+        ATTNKIT_UNROLL for (int a = 1; a < A; ++a) dots[kb * R + r] += acc[a][r];
+      }
+    }
+    alignas(64) float sums[W];
+    simd::transpose_sum<Arch>(dots).store_aligned(sums);
+    for (int kb = 0; kb < in_group; ++kb) {
+      const float* kr = keys[j + kb];
+      for (int r = 0; r < qs.rows; ++r) {
+        if (key_pos[j + kb] > qs.limit[r]) continue;
+        float dot = sums[kb * R + r];
+        for (index_t c = body; c < depth; ++c) dot += kr[c] * rows[r][c];
+        score[j + kb] = std::max(score[j + kb], dot);
+      }
+    }
+  }
+}
+
+/// Fills score[j] for every listed key (row pointer, position): the lanes kernel when the
+/// sampled queries fill vectors, else the rows kernel (at most 4 sampled queries).
 template <class G>
 void score_keys(const hip_queries& qs, bool lanes, const float* const* keys, const std::int32_t* key_pos, index_t count,
                 float* score) {
-  using V = typename G::V;
   constexpr float minus_inf = -std::numeric_limits<float>::infinity();
   std::fill(score, score + count, minus_inf);
   if (lanes) {
@@ -196,26 +243,10 @@ void score_keys(const hip_queries& qs, bool lanes, const float* const* keys, con
     }
     return;
   }
-  constexpr int W = static_cast<int>(V::size), ahead = 8;  // keys requested ahead: scattered rows from DRAM
-  const index_t body = qs.depth / W * W;
-  for (index_t j = 0; j < count; ++j) {
-    if (j + ahead < count)
-      for (index_t c = 0; c < qs.depth; c += 64 / sizeof(float)) __builtin_prefetch(keys[j + ahead] + c, 0, 3);
-    const float* kr = keys[j];
-    for (index_t r = 0; r < qs.rows; ++r) {
-      if (key_pos[j] > qs.limit[r]) continue;
-      const float* qr = qs.data + r * qs.depth;
-      V a0(0.f), a1(0.f);
-      index_t c = 0;
-      for (; c + 2 * W <= body; c += 2 * W) {
-        a0 = xsimd::fma(V::load_unaligned(kr + c), V::load_unaligned(qr + c), a0);
-        a1 = xsimd::fma(V::load_unaligned(kr + c + W), V::load_unaligned(qr + c + W), a1);
-      }
-      for (; c < body; c += W) a0 = xsimd::fma(V::load_unaligned(kr + c), V::load_unaligned(qr + c), a0);
-      float dot = xsimd::hadd(a0 + a1);
-      for (; c < qs.depth; ++c) dot += kr[c] * qr[c];
-      score[j] = std::max(score[j], dot);
-    }
+  switch (qs.rows) {  // rows padded to a divisor of the vector width (padding repeats the last row)
+    case 1: return score_keys_in_rows<typename G::arch, 1>(qs, keys, key_pos, count, score);
+    case 2: return score_keys_in_rows<typename G::arch, 2>(qs, keys, key_pos, count, score);
+    default: return score_keys_in_rows<typename G::arch, 4>(qs, keys, key_pos, count, score);
   }
 }
 
@@ -356,10 +387,10 @@ void hip_search_block(const hip& p, const tensor_view<const Q>& q, const tensor_
     for (index_t t = 0; t < K; ++t)
       if (sc.nodes[t].e - sc.nodes[t].a == 1 && sc.nodes[t].known) sc.cand[count++] = sc.nodes[t];
     score_candidates(sc.cand, fresh);
-    std::nth_element(sc.cand, sc.cand + K - 1, sc.cand + count, hip_ranks_above);
-    std::sort(sc.cand, sc.cand + K, [](const hip_node& x, const hip_node& y) { return x.a < y.a; });
+    std::nth_element(sc.cand, sc.cand + K - 1, sc.cand + count, hip_ranks_above);  // the order of nodes is free
     std::copy(sc.cand, sc.cand + K, sc.nodes);
   }
+  std::sort(sc.nodes, sc.nodes + K, [](const hip_node& x, const hip_node& y) { return x.a < y.a; });
   for (index_t t = 0; t < K; ++t) keep_blocks(sc.nodes[t].a, sc.nodes[t].a + 1);
   sel.ranges[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(kept);
 }
@@ -499,7 +530,14 @@ void hip_attend_block(const hip_selection& sel, const problem& pb, const tensor_
   float* kg = base + aligned(max_keys);
   float* vg = kg + aligned(max_keys * pb.d);
   const index_t total = keys.in_a + keys.in_b;
+  constexpr index_t ahead = 16;  // rows requested before they are copied: kept blocks lie apart
   for (index_t j = 0; j < total; ++j) {
+    if (j + ahead < total) {
+      simd::rows_ahead{reinterpret_cast<std::uintptr_t>(k.row(b, hk, keys.tokens[j + ahead])), 0,
+                       pb.d * static_cast<index_t>(sizeof(K))}.rows_to_l2(0, 1);
+      simd::rows_ahead{reinterpret_cast<std::uintptr_t>(v.row(b, hk, keys.tokens[j + ahead])), 0,
+                       pb.dv * static_cast<index_t>(sizeof(Vt))}.rows_to_l2(0, 1);
+    }
     simd::to_float_row(k.row(b, hk, keys.tokens[j]), k.stride(dim_axis), pb.d, kg + j * pb.d);
     simd::to_float_row(v.row(b, hk, keys.tokens[j]), v.stride(dim_axis), pb.dv, vg + j * pb.dv);
   }

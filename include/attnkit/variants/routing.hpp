@@ -141,39 +141,33 @@ struct ranked {
   float affinity;
   std::int32_t token;
 };
-inline bool ranks_below(const ranked& a, const ranked& b) {
-  return a.affinity < b.affinity || (a.affinity == b.affinity && a.token > b.token);
+inline bool ranks_above(const ranked& a, const ranked& b) {
+  return a.affinity > b.affinity || (a.affinity == b.affinity && a.token < b.token);
 }
 
-/// Min-heap (lowest rank on top) of at most `capacity` entries: the running top-w.
+/// The running top-w of one centroid: candidates collect in a buffer of 2w; when it fills, the
+/// best w stay and the lowest of them becomes the threshold a newcomer must beat (amortised
+/// O(1) per token, where a heap took a sift of log w branches per replacement).
 struct top_w {
-  ranked* heap;
+  ranked* buffer;  // 2 * capacity entries
   index_t size = 0, capacity;
+  float threshold = -std::numeric_limits<float>::infinity();
+  bool compacted = false;  // before the first compaction every token is taken
 
-  void sift_down(index_t i) {
-    for (;;) {
-      const index_t l = 2 * i + 1, r = l + 1;
-      index_t low = i;
-      if (l < size && ranks_below(heap[l], heap[low])) low = l;
-      if (r < size && ranks_below(heap[r], heap[low])) low = r;
-      if (low == i) return;
-      std::swap(heap[i], heap[low]);
-      i = low;
-    }
-  }
-  /// Tokens arrive in increasing index, so a newcomer beats the lowest only by a larger affinity.
+  /// Tokens arrive in increasing index, so once compacted a newcomer needs a larger affinity.
+  bool wants(float affinity) const { return capacity > 0 && (!compacted || affinity > threshold); }
   void offer(float affinity, std::int32_t token) {
-    const ranked e{std::isnan(affinity) ? -std::numeric_limits<float>::infinity() : affinity, token};
-    if (size < capacity) {
-      index_t i = size++;
-      heap[i] = e;
-      while (i > 0 && ranks_below(heap[i], heap[(i - 1) / 2])) std::swap(heap[i], heap[(i - 1) / 2]), i = (i - 1) / 2;
-    } else if (heap[0].affinity < e.affinity) {
-      heap[0] = e;
-      sift_down(0);
-    }
+    if (!wants(affinity)) return;
+    buffer[size++] = {std::isnan(affinity) ? -std::numeric_limits<float>::infinity() : affinity, token};
+    if (size == 2 * capacity) keep_best();
   }
-  float threshold() const { return size < capacity ? -std::numeric_limits<float>::infinity() : heap[0].affinity; }
+  void keep_best() {
+    if (size <= capacity) return;
+    std::nth_element(buffer, buffer + capacity - 1, buffer + size, ranks_above);
+    size = capacity;
+    compacted = true;
+    threshold = buffer[capacity - 1].affinity;  // the lowest of those kept
+  }
 };
 
 /// The members of each cluster in CSR form: tokens of cluster c are [first[c], first[c + 1]).
@@ -191,14 +185,14 @@ void balanced_members(const routing_tiles<G>& x, const float* centroids, index_t
   const index_t members = checked_mul(clusters, w, "routing: num_clusters * window");
   out.first.resize(static_cast<std::size_t>(clusters + 1));
   for (index_t c = 0; c <= clusters; ++c) out.first[static_cast<std::size_t>(c)] = c * w;
-  std::vector<ranked> heaps(static_cast<std::size_t>(members));
+  std::vector<ranked> buffers(static_cast<std::size_t>(checked_mul(members, 2, "routing: num_clusters * window * 2")));
   out.tokens.resize(static_cast<std::size_t>(members));
   using V = typename G::V;
   parallel_for(ceil_div(clusters, per_call), threads, [&](index_t item) {
     const index_t c0 = item * per_call;
     const int count = static_cast<int>(std::min<index_t>(per_call, clusters - c0));
-    std::vector<top_w> tops;
-    for (int j = 0; j < count; ++j) tops.push_back(top_w{heaps.data() + (c0 + j) * w, 0, w});
+    top_w tops[per_call];
+    for (int j = 0; j < count; ++j) tops[j] = top_w{buffers.data() + 2 * (c0 + j) * w, 0, w};
     scratch_lease lease;
     float* s = static_cast<float*>(lease.reserve(sizeof(float) * per_call * G::Br));
     for (index_t t = 0; t < x.tiles(); ++t) {
@@ -206,9 +200,9 @@ void balanced_members(const routing_tiles<G>& x, const float* centroids, index_t
       const int lanes = static_cast<int>(std::min<index_t>(G::Br, x.tokens - t * G::Br));
       for (int j = 0; j < count; ++j) {
         const float* sj = s + j * G::Br;
-        top_w& top = tops[static_cast<std::size_t>(j)];
-        if (lanes == G::Br && top.size == top.capacity) {  // most tiles: nothing beats the threshold
-          const V thr(top.threshold());
+        top_w& top = tops[j];
+        if (lanes == G::Br && top.compacted) {  // most tiles: nothing beats the threshold
+          const V thr(top.threshold);
           bool any = false;
           ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) any = any || xsimd::any(V::load_aligned(sj + n * G::W) > thr);
           if (!any) continue;
@@ -217,9 +211,10 @@ void balanced_members(const routing_tiles<G>& x, const float* centroids, index_t
       }
     }
     for (int j = 0; j < count; ++j) {
-      const top_w& top = tops[static_cast<std::size_t>(j)];
+      top_w& top = tops[j];
+      top.keep_best();
       std::int32_t* dst = out.tokens.data() + (c0 + j) * w;
-      for (index_t e = 0; e < top.size; ++e) dst[e] = top.heap[e].token;
+      for (index_t e = 0; e < top.size; ++e) dst[e] = top.buffer[e].token;
       std::sort(dst, dst + top.size);
     }
   });
@@ -236,9 +231,10 @@ std::vector<std::int32_t> nearest_centroids(const routing_tiles<G>& x, const flo
   parallel_for(x.tiles(), threads, [&](index_t t) {
     scratch_lease lease;
     float* s = static_cast<float*>(lease.reserve(sizeof(float) * per_call * G::Br));
-    V best[G::NR];
-    IV which[G::NR];
-    for (int n = 0; n < G::NR; ++n) best[n] = V(std::numeric_limits<float>::quiet_NaN()), which[n] = IV(0);
+    // The index rides in float lanes (its bits): xsimd 8.1's avx512bw select on int batches
+    // does not compile without optimisation.
+    V best[G::NR], which[G::NR];
+    for (int n = 0; n < G::NR; ++n) best[n] = V(std::numeric_limits<float>::quiet_NaN()), which[n] = xsimd::bitwise_cast<V>(IV(0));
     for (index_t c0 = 0; c0 < clusters; c0 += per_call) {
       const int count = static_cast<int>(std::min<index_t>(per_call, clusters - c0));
       affinities(x, t, centroids, c0, count, s);
@@ -248,10 +244,10 @@ std::vector<std::int32_t> nearest_centroids(const routing_tiles<G>& x, const flo
           // Strictly greater keeps the smaller index on ties; the first centroid replaces NaN.
           const auto better = (a > best[n]) | xsimd::isnan(best[n]);
           best[n] = xsimd::select(better, a, best[n]);
-          which[n] = xsimd::select(xsimd::bool_cast(better), IV(static_cast<std::int32_t>(c0 + j)), which[n]);
+          which[n] = xsimd::select(better, xsimd::bitwise_cast<V>(IV(static_cast<std::int32_t>(c0 + j))), which[n]);
         }
     }
-    for (int n = 0; n < G::NR; ++n) which[n].store_unaligned(nearest.data() + t * G::Br + n * G::W);
+    for (int n = 0; n < G::NR; ++n) xsimd::bitwise_cast<IV>(which[n]).store_unaligned(nearest.data() + t * G::Br + n * G::W);
   });
   nearest.resize(static_cast<std::size_t>(x.tokens));
   return nearest;
@@ -318,52 +314,57 @@ void run_routing(const routing& p, const tensor_view<const Q>& q, const tensor_v
   const index_t wq = cluster_window(p.window_q, nq, C), wk = cluster_window(p.window_k, nk, C);
   const float scale = effective_scale(p.scale, D);
 
-  aligned_floats q_tiles(static_cast<std::size_t>(routing_tiles<G>::floats(nq, D))),
-      k_tiles(static_cast<std::size_t>(routing_tiles<G>::floats(nk, D)));
+  // Every buffer of the call in one block of the calling thread's arena, sized for the largest
+  // clusters and kept between calls: allocated per call, their pages (about 6 N D floats per
+  // head) took a tenth of the time at N 32K.
+  const bool balanced = p.assignment == routing::assignment_kind::balanced;
+  const index_t cap_q = balanced ? checked_mul(C, wq, "routing: num_clusters * window_q") : nq,
+                cap_k = balanced ? checked_mul(C, wk, "routing: num_clusters * window_k") : nk;
+  const auto slots = [](index_t n) { return (n + 15) & ~index_t(15); };  // 64-byte multiples
+  const index_t at_k_tiles = slots(routing_tiles<G>::floats(nq, D)), at_qg = at_k_tiles + slots(routing_tiles<G>::floats(nk, D)),
+                at_kg = at_qg + slots(cap_q * D), at_vg = at_kg + slots(cap_k * D), at_og = at_vg + slots(cap_k * Dv),
+                at_lse = at_og + slots(cap_q * Dv), at_last = at_lse + slots(cap_q), total = at_last + slots(cap_q);
+  scratch_lease lease;
+  float* const base = static_cast<float*>(lease.reserve(static_cast<std::size_t>(total) * sizeof(float)));
+  float *const q_tiles = base, *const k_tiles = base + at_k_tiles, *const qg = base + at_qg, *const kg = base + at_kg,
+               *const vg = base + at_vg, *const og = base + at_og, *const lse_g = base + at_lse;
+  std::int32_t* const last_key = reinterpret_cast<std::int32_t*>(base + at_last);
   cluster_lists qm, km;
-  std::vector<float> qg, kg, vg, og, lse_g;
-  std::vector<std::int32_t> last_key;
   std::vector<index_t> rows_of_token_first, rows_of_token;
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < Hq; ++h) {
       const float* mu = p.centroids + h * C * D;
-      route_side<G>(p, q, b, h, mu, wq, q_tiles.data(), o, qm);
-      route_side<G>(p, k, b, h / group, mu, wk, k_tiles.data(), o, km);
+      route_side<G>(p, q, b, h, mu, wq, q_tiles, o, qm);
+      route_side<G>(p, k, b, h / group, mu, wk, k_tiles, o, km);
 
       // Gather each cluster's rows, in cluster order, as float.
       const index_t rows_q = static_cast<index_t>(qm.tokens.size()), rows_k = static_cast<index_t>(km.tokens.size());
-      qg.resize(static_cast<std::size_t>(rows_q * D));
-      kg.resize(static_cast<std::size_t>(rows_k * D));
-      vg.resize(static_cast<std::size_t>(rows_k * Dv));
-      og.resize(static_cast<std::size_t>(rows_q * Dv));
-      lse_g.resize(static_cast<std::size_t>(rows_q));
-      last_key.resize(static_cast<std::size_t>(rows_q));
       parallel_for(C, o.threads, [&](index_t c) {
         const auto cu = static_cast<std::size_t>(c);
         const index_t k0 = km.first[cu], k1 = km.first[cu + 1];
         for (index_t r = k0; r < k1; ++r) {
           const index_t token = km.tokens[static_cast<std::size_t>(r)];
-          simd::to_float_row(k.row(b, h / group, token), k.stride(dim_axis), D, kg.data() + r * D);
-          simd::to_float_row(v.row(b, h / group, token), v.stride(dim_axis), Dv, vg.data() + r * Dv);
+          simd::to_float_row(k.row(b, h / group, token), k.stride(dim_axis), D, kg + r * D);
+          simd::to_float_row(v.row(b, h / group, token), v.stride(dim_axis), Dv, vg + r * Dv);
         }
         index_t seen = k0;  // keys at or before the query's position: a prefix (both in token order)
         for (index_t r = qm.first[cu]; r < qm.first[cu + 1]; ++r) {
           const index_t token = qm.tokens[static_cast<std::size_t>(r)];
-          simd::to_float_row(q.row(b, h, token), q.stride(dim_axis), D, qg.data() + r * D);
+          simd::to_float_row(q.row(b, h, token), q.stride(dim_axis), D, qg + r * D);
           const index_t pos = token + nk - nq;
           while (seen < k1 && km.tokens[static_cast<std::size_t>(seen)] <= pos) ++seen;
-          last_key[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(p.causal ? seen - k0 - 1 : k1 - k0 - 1);
+          last_key[r] = static_cast<std::int32_t>(p.causal ? seen - k0 - 1 : k1 - k0 - 1);
         }
       });
 
-      const cluster_blocks blocks{scale, C, qm.first.data(), km.first.data(), last_key.data()};
+      const cluster_blocks blocks{scale, C, qm.first.data(), km.first.data(), last_key};
       options inner;
-      inner.lse = lse_g.data();
+      inner.lse = lse_g;
       inner.threads = o.threads;
-      flash::run(blocks, view_bhsd(static_cast<const float*>(qg.data()), 1, 1, rows_q, D),
-                 view_bhsd(static_cast<const float*>(kg.data()), 1, 1, rows_k, D),
-                 view_bhsd(static_cast<const float*>(vg.data()), 1, 1, rows_k, Dv),
-                 view_bhsd(og.data(), 1, 1, rows_q, Dv), inner);
+      flash::run(blocks, view_bhsd(static_cast<const float*>(qg), 1, 1, rows_q, D),
+                 view_bhsd(static_cast<const float*>(kg), 1, 1, rows_k, D),
+                 view_bhsd(static_cast<const float*>(vg), 1, 1, rows_k, Dv),
+                 view_bhsd(og, 1, 1, rows_q, Dv), inner);
 
       // Scatter: each token's gathered rows (in cluster order), then the mean over those that
       // saw a key; the lse of the mean is log(mean(exp(lse))), taken about the largest.
@@ -387,17 +388,17 @@ void run_routing(const routing& p, const tensor_view<const Q>& q, const tensor_v
           double top = -std::numeric_limits<double>::infinity();
           index_t m = 0;
           for (index_t e = r0; e < r1; ++e) {
-            const float l = lse_g[static_cast<std::size_t>(rows_of_token[static_cast<std::size_t>(e)])];
+            const float l = lse_g[rows_of_token[static_cast<std::size_t>(e)]];
             if (l != flash::neg_inf) ++m, top = std::max(top, double(l));
           }
           std::fill(acc, acc + Dv, 0.0);
           double sum = 0;
           for (index_t e = r0; e < r1 && m > 0; ++e) {
             const index_t r = rows_of_token[static_cast<std::size_t>(e)];
-            const float l = lse_g[static_cast<std::size_t>(r)];
+            const float l = lse_g[r];
             if (l == flash::neg_inf) continue;
             sum += std::exp(double(l) - top);
-            for (index_t c = 0; c < Dv; ++c) acc[c] += og[static_cast<std::size_t>(r * Dv + c)];
+            for (index_t c = 0; c < Dv; ++c) acc[c] += og[r * Dv + c];
           }
           for (index_t c = 0; c < Dv; ++c) out(b, h, i, c) = from_float<O>(m > 0 ? static_cast<float>(acc[c] / double(m)) : 0.f);
           if (o.lse)
@@ -414,13 +415,15 @@ routing_clusters routing_membership(const routing& p, const tensor_view<const Q>
                                     index_t b, index_t h) {
   using G = routing_geometry<simd::wide_arch>;
   options o;
-  aligned_floats q_tiles(static_cast<std::size_t>(routing_tiles<G>::floats(q.seq(), q.dim()))),
-      k_tiles(static_cast<std::size_t>(routing_tiles<G>::floats(k.seq(), k.dim())));
+  const index_t q_floats = (routing_tiles<G>::floats(q.seq(), q.dim()) + 15) & ~index_t(15);
+  scratch_lease lease;
+  float* const q_tiles = static_cast<float*>(lease.reserve(
+      static_cast<std::size_t>(q_floats + routing_tiles<G>::floats(k.seq(), k.dim())) * sizeof(float)));
   const index_t C = p.num_clusters, group = q.heads() / k.heads();
   const float* mu = p.centroids + h * C * q.dim();
   cluster_lists qm, km;
-  route_side<G>(p, q, b, h, mu, cluster_window(p.window_q, q.seq(), C), q_tiles.data(), o, qm);
-  route_side<G>(p, k, b, h / group, mu, cluster_window(p.window_k, k.seq(), C), k_tiles.data(), o, km);
+  route_side<G>(p, q, b, h, mu, cluster_window(p.window_q, q.seq(), C), q_tiles, o, qm);
+  route_side<G>(p, k, b, h / group, mu, cluster_window(p.window_k, k.seq(), C), q_tiles + q_floats, o, km);
   routing_clusters out;
   const auto unpack = [&](const cluster_lists& l, std::vector<std::vector<index_t>>& dst) {
     dst.resize(static_cast<std::size_t>(C));
