@@ -234,6 +234,10 @@ void score_keys(const hip_queries& qs, bool lanes, const float* const* keys, con
       index_t j = 0;
       const auto block = [&](auto m) {
         constexpr int M = decltype(m)::value;
+        // Representatives lie apart: request the keys two blocks ahead (long sequences read
+        // them from DRAM, past what the hardware prefetchers predict).
+        for (index_t a = j + 2 * G::MR; a < std::min(count, j + 2 * G::MR + M); ++a)
+          simd::rows_ahead{reinterpret_cast<std::uintptr_t>(keys[a]), 0, qs.depth * index_t(sizeof(float))}.rows_to_l2(0, 1);
         bool masked = false;
         for (int i = 0; i < M; ++i) masked = masked || key_pos[j + i] > qs.min_limit;
         score_keys_in_lanes<G, M>(qt, limit, keys + j, key_pos + j, qs.depth, masked, score + j);
