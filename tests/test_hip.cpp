@@ -309,6 +309,25 @@ TEST_CASE("fast: GQA, bf16 inputs and outputs, strided layouts match reference",
   fast_vs_reference<bf16, bf16>(p, half);
 }
 
+TEST_CASE("huge finite q and k: finite outputs; the reference's choice while scores stay exact in float",
+          "[hip][fast][edge]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  const attnkit::hip p = make_hip(16, 16, 2, 1, 4, GENERATE(true, false));
+  const float factor = GENERATE(0x1p55f, 0x1p100f);  // q.k up to 2^115 (exact), or past float's range
+  auto in = dyadic_qkv(make_problem(1, 2, 1, 120, 120, 32, 16), gen);
+  in.q.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.q.view(b, h, i, d) *= factor; });
+  in.k.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.k.view(b, h, i, d) *= factor; });
+  INFO("factor " << factor);
+  const auto fast = run_fast(p, in.q, in.k, in.v);
+  CHECK(all_finite(fast.out));
+  // (The outputs themselves are softmaxes of scores near 1e34, rounded to about 1e27: not
+  // comparable to the float64 reference, as for every policy.)
+  if (factor < 0x1p60f)
+    for (index_t h = 0; h < 2; ++h)
+      CHECK(attnkit::dense_mask(p, in.q.cview(), in.k.cview(), 0, h) ==
+            attnkit::reference::hip_mask(p, in.q.cview(), in.k.cview(), 0, h));
+}
+
 TEST_CASE("fast: threads = 1 and 2 give bitwise identical out and lse", "[hip][fast][threads]") {
   ATTNKIT_SEEDED_RNG(gen);
   const attnkit::hip p = make_hip(32, 16, 2, 2, 8);
@@ -396,9 +415,19 @@ TEST_CASE("a selection used with other shapes throws attnkit::error, out untouch
   CHECK_THROWS_WITH(attnkit::attention(sel, other.q.cview(), other.k.cview(), other.v.cview(), out.view),
                     Catch::Contains("hip_selection"));
   CHECK(same_bits(before, out));
-  auto tampered = sel;
-  tampered.range_first[0] = 1000;
   auto out2 = output_tensor<float>({1, 2, 40, 16}, layout::bhsd);
-  CHECK_THROWS_WITH(attnkit::attention(tampered, in.q.cview(), in.k.cview(), in.v.cview(), out2.view),
-                    Catch::Contains("hip_selection"));
+  const auto before2 = out2;
+  const auto rejected = [&](auto&& tamper) {
+    auto tampered = sel;
+    tamper(tampered);
+    CHECK_THROWS_WITH(attnkit::attention(tampered, in.q.cview(), in.k.cview(), in.v.cview(), out2.view),
+                      Catch::Contains("hip_selection"));
+    CHECK_THROWS_WITH(attnkit::dense_mask(tampered, 0, 0), Catch::Contains("hip_selection"));
+    CHECK(same_bits(before2, out2));
+  };
+  rejected([](attnkit::hip_selection& t) { t.range_first[0] = 1000; });
+  rejected([](attnkit::hip_selection& t) { t.range_end[0] = t.range_first[0] + 5; });  // longer than block_k
+  rejected([](attnkit::hip_selection& t) { t.ranges[1] = static_cast<std::int32_t>(t.max_ranges + 1); });
+  rejected([](attnkit::hip_selection& t) { t.range_first.pop_back(); });
+  rejected([](attnkit::hip_selection& t) { t.policy.block_q = 7; });
 }

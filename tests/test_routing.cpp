@@ -219,6 +219,27 @@ TEST_CASE("fast: GQA, bf16 inputs and outputs, strided layouts match reference",
   fast_vs_reference<bf16, bf16>(p, in);
 }
 
+TEST_CASE("huge finite q and k (squares past float's range): the reference's clusters, finite outputs",
+          "[routing][fast][edge]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  const problem s = make_problem(1, 2, 1, 90, 90, 16, 16);
+  const auto mu = random_centroids(2, 4, s.D, gen);
+  const attnkit::routing p = make_routing(mu, 4, GENERATE(assignment::balanced, assignment::argmax), false,
+                                          GENERATE(norm::layer_norm, norm::l2));
+  auto in = random_qkv<float>(s, gen);
+  in.q.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.q.view(b, h, i, d) *= 1e25f; });
+  in.k.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.k.view(b, h, i, d) *= 1e25f; });
+  for (index_t h = 0; h < 2; ++h) {
+    const auto fast = attnkit::routing_membership(p, in.q.cview(), in.k.cview(), 0, h);
+    const auto ref = attnkit::reference::routing_membership(p, in.q.cview(), in.k.cview(), 0, h);
+    CHECK(fast.queries == ref.queries);
+    CHECK(fast.keys == ref.keys);
+  }
+  const auto fast = run_fast(p, in.q, in.k, in.v);
+  CHECK(all_finite(fast.out));
+  check_matches(fast, run_ref(p, in.q, in.k, in.v), tolerance{2e-5, 1e-5, 1e-4, 1e-5});
+}
+
 TEST_CASE("property 6: threads = 1 and 2 give bitwise identical out and lse", "[routing][fast][threads]") {
   ATTNKIT_SEEDED_RNG(gen);
   const auto mu = random_centroids(4, 11, 32, gen);

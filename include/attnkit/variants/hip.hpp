@@ -574,34 +574,47 @@ void hip_attend_block(const hip_selection& sel, const problem& pb, const tensor_
 
 namespace detail {
 
-/// Checks that a selection fits the call: same batch, heads and query blocks, and at least as
-/// many keys as it was computed for (decode appends keys).
+/// Checks a selection's own consistency (it is a plain struct a caller may have edited): sizes
+/// that match its shapes, and per entry at most max_ranges ranges, increasing, disjoint, each
+/// within [0, nk) and at most block_k keys long.
+inline void check_selection(const hip_selection& s) {
+  validate(s.policy, s.batch, s.q_heads, s.nq, s.nk);
+  require(s.batch >= 0 && s.q_heads >= 0 && s.nq >= 0 && s.nk >= 0 && s.nq <= max_sequence && s.nk <= max_sequence &&
+              s.max_ranges >= 0,
+          "hip_selection: negative or oversized shapes");
+  const index_t slots = checked_mul(checked_mul(s.batch, s.q_heads, "hip_selection: batch * q_heads"), s.query_blocks,
+                                    "hip_selection: slots");
+  require(s.query_blocks == ceil_div(s.nq, s.policy.block_q) && static_cast<index_t>(s.ranges.size()) == slots &&
+              static_cast<index_t>(s.range_first.size()) ==
+                  checked_mul(slots, s.max_ranges, "hip_selection: slots * max_ranges") &&
+              s.range_first.size() == s.range_end.size(),
+          "hip_selection: inconsistent sizes");
+  for (index_t e = 0; e < slots; ++e) {
+    const std::int32_t used = s.ranges[static_cast<std::size_t>(e)];
+    require(used >= 0 && used <= s.max_ranges, "hip_selection: ranges[", e, "] = ", used, ", expected in [0, ",
+            s.max_ranges, "]");
+    std::int32_t previous_end = 0;
+    for (index_t r = 0; r < used; ++r) {
+      const std::int32_t first = s.range_first[static_cast<std::size_t>(e * s.max_ranges + r)],
+                         end = s.range_end[static_cast<std::size_t>(e * s.max_ranges + r)];
+      require(first >= previous_end && end > first && end <= s.nk && end - first <= s.policy.block_k,
+              "hip_selection: range ", r, " of entry ", e, " is [", first, ", ", end,
+              "), expected increasing, disjoint, within [0, ", s.nk, ") and at most block_k = ", s.policy.block_k,
+              " keys");
+      previous_end = end;
+    }
+  }
+}
+
+/// Checks that a selection fits the call: same batch, heads and queries, and at least as many
+/// keys as it was computed for (decode appends keys).
 template <class Q, class K>
 void check_selection(const hip_selection& s, const tensor_view<Q>& q, const tensor_view<K>& k) {
-  validate(s.policy, q.batch(), q.heads(), q.seq(), k.seq());
   require(s.batch == q.batch() && s.q_heads == q.heads(), "hip_selection: made for batch ", s.batch, " and ",
           s.q_heads, " query heads, used with ", q.batch(), " and ", q.heads());
   require(s.nq == q.seq(), "hip_selection: made for ", s.nq, " queries, used with q.seq() = ", q.seq());
   require(k.seq() >= s.nk, "hip_selection: made for ", s.nk, " keys, used with k.seq() = ", k.seq(), " (fewer)");
-  const index_t slots = s.batch * s.q_heads * s.query_blocks;
-  require(s.query_blocks == ceil_div(s.nq, s.policy.block_q) && static_cast<index_t>(s.ranges.size()) == slots &&
-              static_cast<index_t>(s.range_first.size()) == slots * s.max_ranges &&
-              s.range_first.size() == s.range_end.size(),
-          "hip_selection: inconsistent sizes");
-  for (index_t e = 0; e < slots; ++e)
-    require(s.ranges[static_cast<std::size_t>(e)] >= 0 && s.ranges[static_cast<std::size_t>(e)] <= s.max_ranges,
-            "hip_selection: ranges[", e, "] = ", s.ranges[static_cast<std::size_t>(e)], ", expected in [0, ",
-            s.max_ranges, "]");
-  for (index_t e = 0; e < slots; ++e) {
-    std::int32_t previous_end = 0;
-    for (index_t r = 0; r < s.ranges[static_cast<std::size_t>(e)]; ++r) {
-      const std::int32_t first = s.range_first[static_cast<std::size_t>(e * s.max_ranges + r)],
-                         end = s.range_end[static_cast<std::size_t>(e * s.max_ranges + r)];
-      require(first >= previous_end && end > first && end <= s.nk, "hip_selection: range ", r, " of entry ", e,
-              " is [", first, ", ", end, "), expected increasing, disjoint and within [0, ", s.nk, ")");
-      previous_end = end;
-    }
-  }
+  check_selection(s);
 }
 
 /// HiP attention over a selection, on validated views.
@@ -672,6 +685,7 @@ void attention(const hip_selection& s, tensor_view<Q, Space> q, tensor_view<K, S
 /// keys it was made for (row-major nq x nk bytes, 1 = attends): sink, kept blocks and window,
 /// causally clipped.
 inline std::vector<std::uint8_t> dense_mask(const hip_selection& s, index_t b, index_t h) {
+  detail::check_selection(s);
   const index_t nq = s.nq, nk = s.nk;
   std::vector<std::uint8_t> mask(detail::mask_elements(nq, nk), 0);
   detail::require(b >= 0 && b < s.batch && h >= 0 && h < s.q_heads, "dense_mask: (b, h) = (", b, ", ", h,

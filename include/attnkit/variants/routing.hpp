@@ -98,9 +98,19 @@ void routing_vector(routing::routing_norm_kind norm, const T* row, index_t strid
   const bool layer_norm = norm == routing::routing_norm_kind::layer_norm;
   const float mean = layer_norm ? sum_of([](auto x) { return x; }) / static_cast<float>(n) : 0.f;
   const float sq = sum_of([&](auto x) { return (x - mean) * (x - mean); });
-  const float inv = layer_norm ? 1.f / std::sqrt(sq / static_cast<float>(n) + 1e-6f) : 1.f / std::max(std::sqrt(sq), 1e-12f);
-  for (index_t c = 0; c < body; c += W) ((V::load_unaligned(out + c) - mean) * inv).store_unaligned(out + c);
-  for (index_t c = body; c < n; ++c) out[c] = (out[c] - mean) * inv;
+  if (std::isfinite(sq)) {
+    const float inv = layer_norm ? 1.f / std::sqrt(sq / static_cast<float>(n) + 1e-6f) : 1.f / std::max(std::sqrt(sq), 1e-12f);
+    for (index_t c = 0; c < body; c += W) ((V::load_unaligned(out + c) - mean) * inv).store_unaligned(out + c);
+    for (index_t c = body; c < n; ++c) out[c] = (out[c] - mean) * inv;
+    return;
+  }
+  // Squares past float's range (|x| above about 1e19): the same in double, where they fit.
+  double dmean = 0, dsq = 0;
+  for (index_t c = 0; c < n; ++c) dmean += out[c];
+  dmean = layer_norm ? dmean / static_cast<double>(n) : 0.0;
+  for (index_t c = 0; c < n; ++c) dsq += (out[c] - dmean) * (out[c] - dmean);
+  const double inv = layer_norm ? 1.0 / std::sqrt(dsq / static_cast<double>(n) + 1e-6) : 1.0 / std::max(std::sqrt(dsq), 1e-12);
+  for (index_t c = 0; c < n; ++c) out[c] = static_cast<float>((out[c] - dmean) * inv);
 }
 
 /// Routing vectors of one head's tokens packed for the affinity kernel: tiles of G::Br tokens
@@ -397,7 +407,7 @@ void run_routing(const routing& p, const tensor_view<const Q>& q, const tensor_v
             const index_t r = rows_of_token[static_cast<std::size_t>(e)];
             const float l = lse_g[r];
             if (l == flash::neg_inf) continue;
-            sum += std::exp(double(l) - top);
+            sum += std::isinf(top) ? 1.0 : std::exp(double(l) - top);  // an lse past float's range is +inf
             for (index_t c = 0; c < Dv; ++c) acc[c] += og[r * Dv + c];
           }
           for (index_t c = 0; c < Dv; ++c) out(b, h, i, c) = from_float<O>(m > 0 ? static_cast<float>(acc[c] / double(m)) : 0.f);
