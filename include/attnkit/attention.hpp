@@ -51,7 +51,7 @@ inline constexpr bool is_flash_policy_v = is_flash_policy<Policy>::value;
 template <class Policy>
 inline constexpr bool has_own_driver_v = std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip>;
 
-/// Checks a policy needs the views for (routing: the centroids' count is Hq * C * D).
+/// The checks of a policy that need the views (routing: its centroids are Hq * C * D floats).
 template <class Policy, class Q, class K>
 void validate_with_views(const Policy&, const tensor_view<Q>&, const tensor_view<K>&) {}
 template <class Q, class K>
