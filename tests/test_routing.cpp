@@ -240,6 +240,22 @@ TEST_CASE("huge finite q and k (squares past float's range): the reference's clu
   check_matches(fast, run_ref(p, in.q, in.k, in.v), tolerance{2e-5, 1e-5, 1e-4, 1e-5});
 }
 
+TEST_CASE("scores below float's range (lse -inf in float) still count: the rows average their clusters",
+          "[routing][fast][edge]") {
+  ATTNKIT_SEEDED_RNG(gen);
+  const problem s = make_problem(1, 1, 1, 40, 40, 16, 8);
+  const auto mu = random_centroids(1, 3, s.D, gen);
+  const attnkit::routing p = make_routing(mu, 3);
+  auto in = random_qkv<float>(s, gen);
+  // Constant rows: every score is the same -4.8e39 (past float's range), every routing vector 0.
+  in.q.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.q.view(b, h, i, d) = -3e37f; });
+  in.k.for_each([&](index_t b, index_t h, index_t i, index_t d) { in.k.view(b, h, i, d) = 10.f; });
+  const auto fast = run_fast(p, in.q, in.k, in.v);
+  const auto ref = run_ref(p, in.q, in.k, in.v);
+  check_matches(fast, ref, float_tol);
+  CHECK(fast.out.get(0, 0, 0, 0) != 0.f);  // query 0 is in every cluster (ties go to small indices)
+}
+
 TEST_CASE("property 6: threads = 1 and 2 give bitwise identical out and lse", "[routing][fast][threads]") {
   ATTNKIT_SEEDED_RNG(gen);
   const auto mu = random_centroids(4, 11, 32, gen);

@@ -377,7 +377,8 @@ void run_routing(const routing& p, const tensor_view<const Q>& q, const tensor_v
                  view_bhsd(og, 1, 1, rows_q, Dv), inner);
 
       // Scatter: each token's gathered rows (in cluster order), then the mean over those that
-      // saw a key; the lse of the mean is log(mean(exp(lse))), taken about the largest.
+      // see a key (last_key >= 0: an lse of -inf may also be a finite one below float's
+      // range); the lse of the mean is log(mean(exp(lse))), taken about the largest.
       rows_of_token_first.assign(static_cast<std::size_t>(nq + 1), 0);
       for (const std::int32_t token : qm.tokens) ++rows_of_token_first[static_cast<std::size_t>(token + 1)];
       for (index_t i = 0; i < nq; ++i)
@@ -398,22 +399,21 @@ void run_routing(const routing& p, const tensor_view<const Q>& q, const tensor_v
           double top = -std::numeric_limits<double>::infinity();
           index_t m = 0;
           for (index_t e = r0; e < r1; ++e) {
-            const float l = lse_g[rows_of_token[static_cast<std::size_t>(e)]];
-            if (l != flash::neg_inf) ++m, top = std::max(top, double(l));
+            const index_t r = rows_of_token[static_cast<std::size_t>(e)];
+            if (last_key[r] >= 0) ++m, top = std::max(top, double(lse_g[r]));
           }
           std::fill(acc, acc + Dv, 0.0);
           double sum = 0;
           for (index_t e = r0; e < r1 && m > 0; ++e) {
             const index_t r = rows_of_token[static_cast<std::size_t>(e)];
-            const float l = lse_g[r];
-            if (l == flash::neg_inf) continue;
-            sum += std::isinf(top) ? 1.0 : std::exp(double(l) - top);  // an lse past float's range is +inf
+            if (last_key[r] < 0) continue;
+            if (!std::isinf(top)) sum += std::exp(double(lse_g[r]) - top);
             for (index_t c = 0; c < Dv; ++c) acc[c] += og[r * Dv + c];
           }
           for (index_t c = 0; c < Dv; ++c) out(b, h, i, c) = from_float<O>(m > 0 ? static_cast<float>(acc[c] / double(m)) : 0.f);
-          if (o.lse)
+          if (o.lse)  // +-inf: every lse past float's range the same way
             o.lse[(b * Hq + h) * nq + i] =
-                m > 0 ? static_cast<float>(top + std::log(sum / double(m))) : flash::neg_inf;
+                m == 0 ? flash::neg_inf : static_cast<float>(std::isinf(top) ? top : top + std::log(sum / double(m)));
         }
       });
     }
