@@ -591,16 +591,16 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     return a.kend - a.kbeg > b.kend - b.kbeg;
   });
 
-  // Split results: normalised partial outputs [slot][row][dv] and their base-2 lse (-inf
-  // for a chunk that was not run).
-  // A chunk's log-sum-exp in double: in float, m + log2(l) at m ~ 5e5 rounded log2(l) to 1/32
-  // and weighed the chunks up to 1% wrong.
-  constexpr double no_lse = -std::numeric_limits<double>::infinity();
-  std::vector<float> part_out;
-  std::vector<double> part_lse;
+  // Split results: normalised partial outputs [slot][row][dv] and each chunk's running max m
+  // (base 2; -inf for a chunk that was not run or saw nothing) and sum l, kept apart: as one
+  // log-sum-exp m + log2(l), even in double, log2(l) vanished below m's ulp once |m| passed
+  // about 1e16 (ties at scores of -1e25 weighed chunks of 512 and 227 keys alike).
+  std::vector<float> part_out, part_m;
+  std::vector<double> part_l;
   if (splits > 1) {
     part_out.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br * pb.dv), 0.f);
-    part_lse.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), no_lse);
+    part_m.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), neg_inf);
+    part_l.assign(static_cast<std::size_t>(groups * tiles * splits * G::Br), 0.0);
   }
 
   // Split tiles whose float work fell short, marked per slot (each item writes its own); the
@@ -637,7 +637,8 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       const index_t src_stride = G::rows_in_lanes ? G::Br : 1;
       float* dst = part_out.data() + (w.slot * G::Br + r) * pb.dv;
       for (index_t c = 0; c < pb.dv; ++c) dst[c] = seen(r) ? src[c * src_stride] * inv : 0.f;
-      part_lse[static_cast<std::size_t>(w.slot * G::Br + r)] = seen(r) ? double(mr[r]) + std::log2(double(lr[r])) : no_lse;
+      part_m[static_cast<std::size_t>(w.slot * G::Br + r)] = seen(r) ? mr[r] : neg_inf;
+      part_l[static_cast<std::size_t>(w.slot * G::Br + r)] = seen(r) ? lr[r] : 0.0;
     }
   });
   if (splits == 1) return;
@@ -655,17 +656,21 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     scratch_lease lease;
     double* merged = static_cast<double*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(double)));
     for (int r = 0; r < t.rows; ++r) {
-      const auto lse_of = [&](index_t c) { return part_lse[static_cast<std::size_t>((gt * splits + c) * G::Br + r)]; };
-      double mx = no_lse;
-      for (index_t c = 0; c < splits; ++c) mx = std::max(mx, lse_of(c));
+      const auto at = [&](index_t c) { return static_cast<std::size_t>((gt * splits + c) * G::Br + r); };
+      double mx = neg_inf;
+      for (index_t c = 0; c < splits; ++c) mx = std::max(mx, double(part_m[at(c)]));
+      // Chunk c weighs l_c 2^(m_c - mx): the maxima's differences are exact, the sums stay whole.
+      const auto mass_of = [&](index_t c) {
+        return part_m[at(c)] == neg_inf ? 0.0 : std::exp2(double(part_m[at(c)]) - mx) * part_l[at(c)];
+      };
       std::fill(merged, merged + pb.dv, 0.0);
       double total = 0;
-      if (mx != no_lse) {
-        for (index_t c = 0; c < splits; ++c) total += std::exp2(lse_of(c) - mx);
+      if (mx != neg_inf) {
+        for (index_t c = 0; c < splits; ++c) total += mass_of(c);
         // Normalised weights, in double: a convex combination of finite partials stays finite
         // (in float, weights summing to 1 + 1 ulp took FLT_MAX partials to inf).
         for (index_t c = 0; c < splits; ++c) {
-          const double wgt = std::exp2(lse_of(c) - mx) / total;
+          const double wgt = mass_of(c) / total;
           const float* src = part_out.data() + ((gt * splits + c) * G::Br + r) * pb.dv;
           for (index_t d = 0; d < pb.dv; ++d) merged[d] += wgt * src[d];
         }
@@ -673,7 +678,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
       for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(merged[c]));
       if (o.lse)
         o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] =
-            mx == no_lse ? neg_inf : static_cast<float>((mx + std::log2(total)) * double(ln2));
+            mx == neg_inf ? neg_inf : static_cast<float>((mx + std::log2(total)) * double(ln2));
     }
   });
 }
