@@ -6,7 +6,7 @@
 ///
 /// Per (batch, query head): (1) the routing vectors, normalised, are packed into tiles of
 /// tokens in lanes; (2) their affinities to the centroids come from the flash engine's q.k
-/// micro-kernel (centroids as keys), streamed into a top-w heap per centroid (balanced) or a
+/// micro-kernel (centroids as keys), streamed into a running top-w per centroid (balanced) or a
 /// running argmax per token, never stored as a C x N matrix; (3) each cluster's rows are
 /// gathered one after another and the flash engine runs them as one block-diagonal problem
 /// (causality is a prefix of a cluster's position-sorted keys); (4) each token averages its
