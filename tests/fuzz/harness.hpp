@@ -612,9 +612,6 @@ double out_rel() {  // the output type's rounding (either neighbour may come out
   else return 1e-5;
 }
 
-/// The element-type and layout part of one attention run: decodes views, lse, options,
-/// aliasing and values, then runs the fast path, the reference and (for determinism) the fast
-/// path on one thread, and checks the outcomes.
 /// Content-based policies (HiP, routing) choose keys from q and k: the fast path in float, the
 /// reference in double, so a near tie may go either way and then the outputs differ for good
 /// reason. Returns where the two choices differ ("" when they agree, and for every other
@@ -648,6 +645,9 @@ std::string choices_differ(const attnkit::routing& p, const attnkit::tensor_view
 template <class Policy>
 constexpr bool exact_on_integers = std::is_same_v<Policy, attnkit::hip>;
 
+/// The element-type and layout part of one attention run: decodes views, lse, options,
+/// aliasing and values, then runs the fast path, the reference and (for determinism) the fast
+/// path on one thread, and checks the outcomes.
 template <class Policy, class Q, class K, class V, class O>
 void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   reader& r = c.r;
