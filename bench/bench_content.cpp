@@ -10,7 +10,7 @@
 ///                     walk, query i = key i + noise), recall_iid on i.i.d. normal q and k.
 ///   hip/decode/Nk     1 query per head, GQA 32/8, D 128: HiP selecting every step, and reusing
 ///                     one selection for 8 steps (the paper's refresh interval), against dense
-///                     decode. Counters: speedup, speedup_reuse8.
+///                     decode. Counters: speedup, select_share, speedup_reuse8, dense_GBps.
 ///   routing/N         H 2, D 128, C = round(sqrt(N)), balanced clusters. Counters: speedup,
 ///                     select_share (routing_membership for every head over the total).
 ///
