@@ -35,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -513,6 +514,14 @@ problem decode_problem(fuzz_case& c, const seq_rule& rule);
 
 /// Decoders of policy fields shared by several policies.
 float decode_scale(fuzz_case& c);
+
+/// A policy field from table[i] (decision `name`); entries at or after `first_bad` are faults.
+inline index_t pick_field(fuzz_case& c, const char* name, std::initializer_list<index_t> table, std::size_t first_bad) {
+  const std::size_t i = static_cast<std::size_t>(c.r.take(name, table.size(), 0));
+  const index_t v = table.begin()[i];
+  if (i >= first_bad) c.fault(std::string(name) + " = " + fmt(v));
+  return v;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Running one call and checking it.

@@ -4,17 +4,6 @@
 #include "harness.hpp"
 
 namespace attnkit_fuzz {
-namespace {
-
-/// table[i]; entries at or after `first_bad` are faults.
-index_t pick_field(fuzz_case& c, const char* name, std::initializer_list<index_t> table, std::size_t first_bad) {
-  const std::size_t i = static_cast<std::size_t>(c.r.take(name, table.size(), 0));
-  const index_t v = table.begin()[i];
-  if (i >= first_bad) c.fault(std::string(name) + " = " + fmt(v));
-  return v;
-}
-
-}  // namespace
 
 void decode_hip(fuzz_case& c) {
   attnkit::hip p;
