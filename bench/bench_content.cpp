@@ -22,6 +22,7 @@
 ///
 ///   bench_content --benchmark_filter=tiny --benchmark_min_time=0.01
 #include "bench_common.hpp"
+#include "dense_estimate.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -37,38 +38,10 @@ using namespace attnkit_bench;
 using i64 = std::int64_t;
 using attnkit::index_t;
 
-constexpr i64 kDenseRows = 1024;
-
 buffer<float> normal_buffer(std::size_t size, std::uint64_t seed) {
   buffer<float> b = alloc_buffer<float>(size);
   fill_normal(b.get(), size, seed);
   return b;
-}
-
-/// Seconds of dense attention over all of q's rows: measured whole up to 32768 (causal) or
-/// 8192 rows, otherwise from the last kDenseRows rows (see the file comment). Sets
-/// dense_estimated.
-double dense_seconds(benchmark::State& state, const attnkit::tensor_view<float>& q, const attnkit::tensor_view<float>& k,
-                     const attnkit::tensor_view<float>& v, float* out, bool causal) {
-  const i64 n = q.seq(), nk = k.seq();
-  attnkit::softmax dense;
-  if (n <= (causal ? 32768 : 8192)) {
-    dense.causal = causal;
-    const auto o = attnkit::view_bhsd(out, q.batch(), q.heads(), n, v.dim());
-    const auto t0 = clock_type::now();
-    attnkit::attention(dense, q, k, v, o);
-    state.counters["dense_estimated"] = 0;
-    return seconds_since(t0);
-  }
-  const attnkit::tensor_view<float> last(q.row(0, 0, n - kDenseRows), {q.batch(), q.heads(), kDenseRows, q.dim()},
-                                         q.strides());
-  const auto o = attnkit::view_bhsd(out, q.batch(), q.heads(), kDenseRows, v.dim());
-  const auto t0 = clock_type::now();
-  attnkit::attention(dense, last, k, v, o);  // non-causal: each row over all keys
-  const double rows = causal ? static_cast<double>(n) * static_cast<double>(n + 1) / 2 / static_cast<double>(nk)
-                             : static_cast<double>(n);
-  state.counters["dense_estimated"] = 1;
-  return seconds_since(t0) * rows / kDenseRows;
 }
 
 /// Keys with attention locality: a slow random walk along the sequence (AR(1), correlation

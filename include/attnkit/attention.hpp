@@ -12,8 +12,12 @@
 #include "core/options.hpp"
 #include "core/tensor_view.hpp"
 #include "engines/flash.hpp"
+#include "engines/linear.hpp"
+#include "engines/toeplitz_fft.hpp"
 #include "reference/custom.hpp"
 #include "reference/hip.hpp"
+#include "reference/kernelized_rpe.hpp"
+#include "reference/linear.hpp"
 #include "reference/masked.hpp"
 #include "reference/neighborhood.hpp"
 #include "reference/power.hpp"
@@ -21,7 +25,10 @@
 #include "reference/routing.hpp"
 #include "reference/softmax.hpp"
 #include "variants/custom.hpp"
+#include "variants/feature_maps.hpp"
 #include "variants/hip.hpp"
+#include "variants/kernelized_rpe.hpp"
+#include "variants/linear.hpp"
 #include "variants/neighborhood.hpp"
 #include "variants/power.hpp"
 #include "variants/radial.hpp"
@@ -47,9 +54,25 @@ struct is_flash_policy<Policy, std::void_t<decltype(sizeof(flash::flash_plan<Pol
 template <class Policy>
 inline constexpr bool is_flash_policy_v = is_flash_policy<Policy>::value;
 
-/// Content-based policies select keys from q and k first, then run the flash engine.
+/// Policies with a driver of their own: content-based ones select keys from q and k first,
+/// then run the flash engine; linear and kernelized attention run engines of their own.
 template <class Policy>
-inline constexpr bool has_own_driver_v = std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip>;
+struct has_own_driver : std::bool_constant<std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip>> {};
+template <class FeatureMap>
+struct has_own_driver<linear<FeatureMap>> : std::true_type {};
+template <class FeatureMap>
+struct has_own_driver<kernelized_rpe<FeatureMap>> : std::true_type {};
+template <class Policy>
+inline constexpr bool has_own_driver_v = has_own_driver<Policy>::value;
+
+template <class Policy>
+struct is_linear : std::false_type {};
+template <class FeatureMap>
+struct is_linear<linear<FeatureMap>> : std::true_type {};
+template <class Policy>
+struct is_kernelized_rpe : std::false_type {};
+template <class FeatureMap>
+struct is_kernelized_rpe<kernelized_rpe<FeatureMap>> : std::true_type {};
 
 /// The checks of a policy that need the views (routing: its centroids are Hq * C * D floats).
 template <class Policy, class Q, class K>
@@ -66,6 +89,10 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
     run_routing(p, q, k, v, out, o);
   else if constexpr (std::is_same_v<Policy, hip>)
     run_hip(p, q, k, v, out, o);
+  else if constexpr (is_linear<Policy>::value)
+    linear_engine::run(p, q, k, v, out, o);
+  else if constexpr (is_kernelized_rpe<Policy>::value)
+    toeplitz_fft::run(p, q, k, v, out, o);
   else
     flash::run(p, q, k, v, out, o);
 }

@@ -26,6 +26,7 @@
 #include "../core/error.hpp"
 #include "../core/executor.hpp"
 #include "../core/options.hpp"
+#include "../core/random.hpp"
 #include "../core/tensor_view.hpp"
 #include "../engines/flash.hpp"
 
@@ -509,17 +510,6 @@ routing_clusters routing_membership(const routing& p, tensor_view<Q> q, tensor_v
   detail::validate_centroids(p, q.heads(), q.dim());
   return detail::routing_membership(p, tensor_view<const Q>(q), tensor_view<const K>(k), b, h);
 }
-
-/// SplitMix64 (Steele, Lea, Flood 2014), the random numbers of kmeans_init (spec/routing.md).
-struct splitmix64 {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
 
 /// The routing vectors of query head h, normalised as p.routing_norm says: its queries over
 /// the batch, then its KV head's keys over the batch, (B * Nq + B * Nk) rows of D floats (the
