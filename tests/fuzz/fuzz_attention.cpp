@@ -43,6 +43,8 @@ const policy_entry policy_table[] = {
     {"merge_states", decode_merge_states},
     {"hip", decode_hip},
     {"routing", decode_routing},
+    {"linear", decode_linear},
+    {"kernelized_rpe", decode_kernelized_rpe},
 };
 constexpr std::uint64_t policy_slots = 16;
 static_assert(std::size(policy_table) <= policy_slots, "attnkit fuzz: more policies than slots");
@@ -822,6 +824,21 @@ std::vector<seed> seeds() {
       {"routing-error-null-centroids", {{"policy", {9}}, {"centroids", {1}}}},
       {"routing-error-nan-centroid", {{"policy", {9}}, {"centroids", {2}}}},
       {"routing-error-clusters-2-pow-32", {{"policy", {9}}, {"num_clusters", {7}}}},
+      // linear
+      {"linear-elu-causal", {{"policy", {10}}, {"n", {40}}, {"linear_causal", {1}}, {"lse", {1}}}},
+      {"linear-favor-gqa-bf16", {{"policy", {10}}, {"feature_map", {2}}, {"kv_heads", {1}}, {"group", {2}}, {"types", {1}}, {"lse", {1}}}},
+      {"linear-relu-chunk-3-nq-gt-nk",
+       {{"policy", {10}}, {"feature_map", {1}}, {"feature_eps", {1}}, {"chunk", {2}}, {"linear_causal", {1}}, {"seq_mode", {1}}, {"nq", {20}}, {"nk", {5}}}},
+      {"linear-favor-hyperbolic-decode", {{"policy", {10}}, {"feature_map", {2}}, {"favor_features", {4}}, {"favor_hyperbolic", {1}}, {"seq_mode", {2}}, {"nk_long", {2048}}}},
+      {"linear-error-favor-features-0", {{"policy", {10}}, {"feature_map", {2}}, {"favor_features", {5}}}},
+      {"linear-error-eps-nan", {{"policy", {10}}, {"eps", {4}}}},
+      // kernelized_rpe
+      {"kernelized-favor-bias", {{"policy", {11}}, {"feature_map", {2}}, {"n", {33}}, {"lse", {1}}}},
+      {"kernelized-elu-causal-nq-gt-nk", {{"policy", {11}}, {"rpe_causal", {1}}, {"seq_mode", {1}}, {"nq", {20}}, {"nk", {5}}, {"lse", {1}}}},
+      {"kernelized-bias-fn-gqa", {{"policy", {11}}, {"bias", {7}}, {"kv_heads", {1}}, {"group", {2}}}},
+      {"kernelized-minus-inf-biases-bf16", {{"policy", {11}}, {"bias", {3}}, {"types", {1}}, {"normalize_qk", {0}}}},
+      {"kernelized-error-nan-bias", {{"policy", {11}}, {"bias", {5}}}},
+      {"kernelized-error-bias-fn-nan", {{"policy", {11}}, {"bias", {8}}}},
       // merge_states
       {"merge-states", {{"policy", {7}}}},
       {"merge-states-minus-inf", {{"policy", {7}}, {"m_lse_a", {2}}, {"m_lse_b", {1}}}},

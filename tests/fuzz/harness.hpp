@@ -186,6 +186,12 @@ struct logit_facts {
   double slope_value = 0;      ///< that slope
   bool score = false;          ///< custom score transform that changes scores
   double score_add = 0;        ///< bound on |score(s) - s| terms that do not scale with s
+  /// Linear and kernelized attention (out = sum_j w_j v_j / (sum_j w_j + eps), weights from
+  /// feature maps): compared with the reference only when |q|, |k| <= feature_input_max (0:
+  /// never: the decoder found the features ill-conditioned), within feature_tol (1 + max |v|).
+  bool feature_sums = false;
+  double feature_input_max = 0;
+  double feature_tol = 0;
 };
 
 struct callbacks;
@@ -826,8 +832,11 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   const bool finite_in = qs.finite && ks.finite && vst.finite;
   const bool valid = c.faults.empty() && c.unsure.empty();
   const bool moderate_in = finite_in && qs.max_abs <= 10 && ks.max_abs <= 10 && vst.max_abs <= 10;
-  const bool tight = valid && moderate_in && scale_eff <= 8 && (!lf.alibi || lf.slope_max <= 8);
-  const bool ties = valid && finite_in && qs.constant && ks.constant && !lf.alibi_nonzero && !lf.score;
+  const bool features_moderate = finite_in && qs.max_abs <= lf.feature_input_max && ks.max_abs <= lf.feature_input_max &&
+                                 vst.max_abs <= 10;
+  const bool tight = valid && (lf.feature_sums ? features_moderate
+                                               : moderate_in && scale_eff <= 8 && (!lf.alibi || lf.slope_max <= 8));
+  const bool ties = valid && finite_in && qs.constant && ks.constant && !lf.alibi_nonzero && !lf.score && !lf.feature_sums;
   const bool alibi_dominant = valid && finite_in && lf.alibi && lf.slopes_equal && std::fabs(lf.slope_value) >= 1e30 &&
                               qs.max_abs <= 10 && ks.max_abs <= 10 && scale_eff <= 8;
   const bool nan_check = valid && finite_in && !(lf.score && smax > 1e37);
@@ -852,6 +861,7 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
     lse_atol = 1e-4 + 2 * (alibi_dominant ? ds : smax * (double(D) + 8) * 0x1p-23);
     lse_rtol = 1e-5;
   }
+  if (lf.feature_sums && tight) out_atol = lf.feature_tol * (1 + vmax), lse_atol = 10 * lf.feature_tol, lse_rtol = 1e-5;
   if (bf16_path) out_atol += 8e-3 * vmax, lse_atol += 8e-3;
   if (std::is_same_v<O, f16>) out_atol += 1e-7;
 
@@ -1026,6 +1036,8 @@ void decode_custom(fuzz_case& c);
 void decode_merge_states(fuzz_case& c);
 void decode_hip(fuzz_case& c);
 void decode_routing(fuzz_case& c);
+void decode_linear(fuzz_case& c);
+void decode_kernelized_rpe(fuzz_case& c);
 
 /// Decodes and runs one case; false when the input is skipped (an unused policy slot, or over
 /// the harness's budget).

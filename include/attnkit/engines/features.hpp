@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../core/config.hpp"
+#include "../core/executor.hpp"
 #include "../core/tensor_view.hpp"
 #include "../simd/convert.hpp"
 #include "../simd/arch.hpp"
@@ -62,7 +63,7 @@ class favor_map {
     const std::vector<double> w = favor_projection(f, d);
     const double root = std::sqrt(static_cast<double>(scale));
     panels_ = (directions_ + G::Br - 1) / G::Br;
-    packed_.assign(static_cast<std::size_t>(panels_ * d * G::Br + G::Br), 0.f);
+    packed_.assign(static_cast<std::size_t>(panels_ * d * G::Br + 16), 0.f);  // + room to align to 64 bytes
     // 64-byte aligned start inside the vector
     offset_ = (64 - reinterpret_cast<std::uintptr_t>(packed_.data()) % 64) % 64 / sizeof(float);
     for (index_t r = 0; r < directions_; ++r)
@@ -145,6 +146,10 @@ void load_row(const tensor_view<const T>& x, index_t b, index_t h, index_t t, bo
 /// what `finish_keys` turns into features once the engine has chosen the shift (at least the
 /// returned key_max), so that a shift common to many keys can grow as keys arrive. Rows are
 /// L2-normalised first when `normalize` (kernelized attention's normalize_qk).
+///
+/// elu+1 and relu features are scaled by powers of two (exact): each query row to a maximum in
+/// [1/2, 1), keys by the power of two of the largest key so far. Without it, finite inputs
+/// near FLT_MAX would overflow the state's sums.
 template <class FeatureMap>
 class binding {
  public:
@@ -156,24 +161,49 @@ class binding {
   void queries(const tensor_view<const T>& x, index_t b, index_t h, index_t t0, index_t n, float* dst, index_t ds,
                float* offset, float*) const {
     apply(x, b, h, t0, n, dst, ds);
-    std::fill(offset, offset + n, 0.f);
+    for (index_t i = 0; i < n; ++i) {
+      const int e = exponent_of(dst + i * ds, d_);
+      scale_by_power_of_two(dst + i * ds, d_, -e);
+      offset[i] = static_cast<float>(e) * ln2;
+    }
   }
-  /// Writes the rows' features; key_max = 0 (no shift).
+  /// Writes the rows' features; key_max is ln 2 times the exponent of the largest.
   template <class T>
   void keys(const tensor_view<const T>& x, index_t b, index_t h, index_t t0, index_t n, float* dst, index_t ds,
             float& key_max, float*) const {
     apply(x, b, h, t0, n, dst, ds);
-    key_max = 0;
+    int e = 0;
+    for (index_t i = 0; i < n; ++i) e = std::max(e, exponent_of(dst + i * ds, d_));
+    key_max = static_cast<float>(e) * ln2;
   }
-  void finish_keys(float*, index_t, index_t, float) const {}
+  /// Scales the keys' features by 2^-(shift / ln 2): the shift is a multiple of ln 2.
+  void finish_keys(float* dst, index_t rows, index_t ds, float shift) const {
+    const int e = static_cast<int>(std::lround(shift / ln2));
+    for (index_t i = 0; i < rows; ++i) scale_by_power_of_two(dst + i * ds, d_, -e);
+  }
 
  private:
+  static constexpr float ln2 = 0.693147180559945309f;
+
   template <class T>
   void apply(const tensor_view<const T>& x, index_t b, index_t h, index_t t0, index_t n, float* dst, index_t ds) const {
     for (index_t t = 0; t < n; ++t) {
       load_row(x, b, h, t0 + t, normalize_, dst + t * ds);
       apply_pointwise(f_, dst + t * ds, d_);
     }
+  }
+  /// e with max(x) in [2^(e-1), 2^e) (features are >= 0); 0 for a row of zeros.
+  static int exponent_of(const float* x, index_t n) {
+    const float top = *std::max_element(x, x + n);
+    int e = 0;
+    if (top > 0) std::frexp(top, &e);
+    return e;
+  }
+  static void scale_by_power_of_two(float* x, index_t n, int e) {
+    if (e == 0) return;
+    // In two steps: 2^e alone may not be a float (e < -126 or e > 127).
+    const float half = std::ldexp(1.f, e / 2), rest = std::ldexp(1.f, e - e / 2);
+    for (index_t i = 0; i < n; ++i) x[i] = x[i] * half * rest;
   }
 
   FeatureMap f_;
@@ -222,5 +252,21 @@ class binding<favor_plus> {
   index_t d_;
   bool normalize_;
 };
+
+/// The exponents of the value scaling per (batch, kv head) (a linear or toeplitz-fft engine
+/// scales values by 2^-e on loading and outputs by 2^e): e with
+/// max |v| < 2^e when max |v| > 2^64, else 0. Scaling by powers of two is exact.
+template <class Vt>
+std::vector<int> value_exponents(const tensor_view<const Vt>& v, int threads) {
+  std::vector<int> e(static_cast<std::size_t>(v.batch() * v.heads()), 0);
+  parallel_for(v.batch() * v.heads(), threads, [&](index_t pair) {
+    float top = 0;
+    for (index_t t = 0; t < v.seq(); ++t)
+      for (index_t c = 0; c < v.dim(); ++c)
+        top = std::max(top, std::fabs(to_float(v(pair / v.heads(), pair % v.heads(), t, c))));
+    if (top > 0x1p64f) std::frexp(top, &e[static_cast<std::size_t>(pair)]);
+  });
+  return e;
+}
 
 }  // namespace attnkit::detail::features

@@ -80,6 +80,9 @@ inline float dot(const float* a, const float* b, index_t n) {
 /// Sizes of one call.
 struct dims {
   index_t batch, q_heads, kv_heads, group, nq, nk, d, dv, m, panels, chunk, chunk_pad, off;
+  /// Per (batch, kv head): values are scaled by 2^-value_exp[pair] on loading, outputs by
+  /// 2^value_exp[pair] (nonzero only for values near FLT_MAX, whose sums would overflow).
+  const int* value_exp;
   /// Floats of a compact state: S panels [panels][m][Br], then z[m].
   index_t state_floats() const { return panels * m * Br + round_up(m, 16); }
 };
@@ -170,7 +173,11 @@ void load_key_chunk(const dims& dm, const Map& map, const tensor_view<const K>& 
   raise_shift(dm, st, key_max);
   map.finish_keys(buf.kf, n, dm.m, *st.shift);
   for (index_t j = 0; j < dm.chunk_pad; ++j) {
-    if (j < n) simd::to_float_row(v.row(b, hk, k0 + j), v.stride(dim_axis), dm.dv, buf.vrow);
+    if (j < n) {
+      simd::to_float_row(v.row(b, hk, k0 + j), v.stride(dim_axis), dm.dv, buf.vrow);
+      if (const int e = dm.value_exp[b * dm.kv_heads + hk]; e != 0)
+        for (index_t c = 0; c < dm.dv; ++c) buf.vrow[c] = std::ldexp(buf.vrow[c], -e);
+    }
     for (index_t p = 0; p < dm.panels; ++p) {
       float* dst = buf.sv + p * buf.sv_panel + (dm.m + j) * Br;
       const index_t width = j < n ? std::min(Br, dm.dv - p * Br) : 0;
@@ -229,7 +236,8 @@ void read_out(const dims& dm, const chunk_buffers& buf, const state_ref& st, ind
     for (index_t i = 0; i < n; ++i) {
       const float offset = buf.qoff[i] + *st.shift;  // log of the common factor taken out
       const float total = buf.den[i] + eps * std::exp(-offset);
-      const float inv = total > 0 ? 1.f / total : 0.f;  // den = 0 with eps = 0: no key weight
+      // den = 0 with eps = 0: no key weight
+      const float inv = total > 0 ? std::ldexp(1.f / total, dm.value_exp[b * dm.kv_heads + hq / dm.group]) : 0.f;
       O* row = out.row(b, hq, i0 + i) + p * Br * out.stride(dim_axis);
       const index_t width = std::min(Br, dm.dv - p * Br);
       if constexpr (std::is_same_v<O, float>) {
@@ -330,6 +338,8 @@ void run(const linear<FeatureMap>& p, const tensor_view<const Q>& q, const tenso
   dm.chunk_pad = round_up(dm.chunk, Br);
   const index_t buffer_floats = chunk_buffers::floats(dm, map), state_floats = dm.state_floats();
   const index_t pairs = dm.batch * dm.kv_heads;
+  const std::vector<int> value_exp = features::value_exponents(v, o.threads);
+  dm.value_exp = value_exp.data();
 
   // Causal: segments of query chunks run in parallel when (batch, kv head) pairs are fewer
   // than the hardware threads, each starting from the keys before its first window.

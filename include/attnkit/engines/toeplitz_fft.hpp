@@ -117,6 +117,15 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
   dm.batch = q.batch(), dm.q_heads = q.heads(), dm.kv_heads = k.heads(), dm.group = dm.q_heads / dm.kv_heads;
   dm.nq = q.seq(), dm.nk = k.seq(), dm.d = q.dim(), dm.dv = v.dim();
   if (dm.batch == 0 || dm.nq == 0) return;
+  if (dm.nk == 0) {  // no key: zeros, lse -inf
+    for (index_t b = 0; b < dm.batch; ++b)
+      for (index_t h = 0; h < dm.q_heads; ++h)
+        for (index_t i = 0; i < dm.nq; ++i) {
+          for (index_t e = 0; e < dm.dv; ++e) out(b, h, i, e) = from_float<O>(0.f);
+          if (o.lse) o.lse[(b * dm.q_heads + h) * dm.nq + i] = neg_inf;
+        }
+    return;
+  }
   const float scale = p.scale != 0 ? p.scale : p.normalize_qk ? 1.f : 1.f / std::sqrt(static_cast<float>(dm.d));
   const features::binding<FeatureMap> map(p.feature_map, scale, dm.d, p.normalize_qk);
   dm.m = map.features();
@@ -156,8 +165,10 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
   const index_t block_floats = column_block::floats(fft);
   std::vector<float> key_max(static_cast<std::size_t>(key_items));
 
+  const std::vector<int> value_exps = features::value_exponents(v, o.threads);
   for (index_t b = 0; b < dm.batch; ++b)
     for (index_t hk = 0; hk < dm.kv_heads; ++hk) {
+      const int value_exp = value_exps[static_cast<std::size_t>(b * dm.kv_heads + hk)];
       // Key features (rows of feature_pad, zero past m) with one shift for the whole slice,
       // their transpose, and the values as float rows of value_pad.
       parallel_for(key_items, o.threads, [&](index_t item) {
@@ -169,6 +180,8 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
           std::fill(kf.data() + t * feature_pad + m, kf.data() + (t + 1) * feature_pad, 0.f);
           float* row = values.data() + t * value_pad;
           simd::to_float_row(v.row(b, hk, t), v.stride(dim_axis), dm.dv, row);
+          if (value_exp != 0)
+            for (index_t c = 0; c < dm.dv; ++c) row[c] = std::ldexp(row[c], -value_exp);
           std::fill(row + dm.dv, row + value_pad, 0.f);
         }
       });
@@ -254,7 +267,7 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
           // Causal rows before the first key see none; round-off must not make one up.
           const bool empty = den == 0 || top == neg_inf || key_shift == neg_inf || (p.causal && i + nk - nq < 0);
           const float total = den + p.eps * std::exp(-offset);
-          const float inv = !empty && total > 0 ? 1.f / total : 0.f;
+          const float inv = !empty && total > 0 ? std::ldexp(1.f / total, value_exp) : 0.f;
           const float* acc = num.data() + (g * nq + i) * value_pad;
           O* row = out.row(b, hq, i);
           for (index_t e = 0; e < dm.dv; ++e) row[e * out.stride(dim_axis)] = from_float<O>(empty ? 0.f : acc[e] * inv);
