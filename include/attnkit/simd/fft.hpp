@@ -11,20 +11,21 @@
 /// and a last 4 or 2. The forward transform decimates in frequency, which takes natural order
 /// to digit-reversed order (the "scrambled" order: the convolution only multiplies spectra
 /// pointwise, so no reordering pass is needed); the inverse decimates in time, which takes it
-/// back. Both run depth first: a block larger than l1_block_bytes gets its own level, then each
-/// of its sub-blocks is finished in turn, and a block that fits L1 runs all its levels there.
-/// Each level of the large blocks is one pass over them (the top one over memory, the next from
-/// L3 or L2), every other level runs in L1: at n = 2^17 with AVX-512 (16 MiB) that is 3 passes
-/// beyond L1 out of 6 levels. This measured faster on Zen 4 than a four-step split (two passes
-/// over memory, but strided column gathers) at every n from 2^12 to 2^20, also with a second
-/// core streaming its own transforms through the shared L3.
+/// back. Both run depth first: a block of more than 16 KiB (l1_block_bytes) gets its own
+/// level, one pass over it, then each of its sub-blocks is finished in turn; a smaller block
+/// runs all its levels in L1. Only the levels of the large blocks leave L1 (the top one goes
+/// to memory, the next ones to L3 or L2): at n = 2^17 with AVX-512 (16 MiB) 3 of 6 levels.
+/// This measured faster on Zen 4 than a four-step split (two passes over memory, but strided
+/// column gathers) at every n from 2^12 to 2^20, also with the other core streaming its own
+/// transforms through the shared L3.
 ///
-/// The first stage of a transform may read another buffer than it writes (multiply_inverse
-/// reads xhat and writes y) and multiply each element by a complex number as it loads it (the
-/// kernel spectrum), and the last stage may write elsewhere, so the kernel product and the copy
-/// cost no pass of their own. The inverse is the forward transform on swapped parts:
-/// IDFT(z) = S(DFT(S(z))) with S(z) = i conj(z), i.e. re and im exchanged, which the layout
-/// gives for free (load re from the im slot); a factor c becomes conj(c): S(c z) = conj(c) S(z).
+/// The stage that runs first may read another buffer than the one transformed in place
+/// (multiply_inverse reads xhat and transforms y) and multiply each element by a complex number
+/// as it loads it (the kernel spectrum), so the product and the copy cost no pass of their own.
+/// The inverse is the forward transform on swapped parts: IDFT(z) = S(DFT(S(z))) with
+/// S(z) = i conj(z), i.e. re and im exchanged, which the layout gives for free (the first stage
+/// loads re from the im slot, the last stores it there); a factor c becomes conj(c):
+/// S(c z) = conj(c) S(z).
 ///
 /// Twiddles are computed in double and rounded to float: the error is about 1e-7 log2(n) of the
 /// largest magnitude.
@@ -42,9 +43,6 @@
 #include "../core/config.hpp"
 #include "../core/error.hpp"
 #include "arch.hpp"
-#ifndef TUNE_L1
-#define TUNE_L1 (16*1024)
-#endif
 
 namespace attnkit::detail::simd {
 
@@ -411,7 +409,7 @@ class lane_fft {
   static constexpr index_t position = lane_buffer::position;  // floats
   /// Blocks up to this size run all their levels at once (breadth first), larger ones one level
   /// and then each sub-block in turn (depth first). Half of L1, for the twiddles and the stack.
-  static constexpr index_t l1_block_bytes = TUNE_L1;
+  static constexpr index_t l1_block_bytes = 16 * 1024;
 
   /// The position of frequency k in the scrambled order: its digits, least significant in the
   /// top level's radix, reversed.
