@@ -76,11 +76,13 @@ struct column_block {
   const simd::lane_fft<arch>* fft;
   float *x, *y, *work;
 
-  static index_t floats(const simd::lane_fft<arch>& fft) {
-    return 4 * fft.size() * W + static_cast<index_t>((fft.work_floats() + 15) / 16 * 16);
+  /// Floats of scratch: x, the FFT's work, and y when the transform must be kept (with_y).
+  static index_t floats(const simd::lane_fft<arch>& fft, bool with_y) {
+    return (with_y ? 4 : 2) * fft.size() * W + static_cast<index_t>((fft.work_floats() + 15) / 16 * 16);
   }
-  column_block(const simd::lane_fft<arch>& f, float* base)
-      : fft(&f), x(base), y(base + 2 * f.size() * W), work(base + 4 * f.size() * W) {}
+  column_block(const simd::lane_fft<arch>& f, float* base, bool with_y)
+      : fft(&f), x(base), y(with_y ? base + 2 * f.size() * W : nullptr),
+        work(base + (with_y ? 4 : 2) * f.size() * W) {}
 
   /// x <- columns: column c < 2W of row t is value(t, c) for t < rows, 0 after; then its
   /// forward transform.
@@ -90,9 +92,14 @@ struct column_block {
     std::fill(x + 2 * rows * W, x + 2 * fft->size() * W, 0.f);
     fft->forward_scrambled(x, work);
   }
-  /// y <- the Toeplitz product of the loaded columns with a kernel spectrum (rows in natural
-  /// order: row t's 2W columns at y + 2 t W).
-  void convolve(const float* spectrum) { fft->multiply_inverse(x, spectrum, y, work); }
+  /// The Toeplitz product of the loaded columns with a kernel spectrum, rows in natural order
+  /// (row t's 2W columns at result + 2 t W): in y, or over the transform in x when no other
+  /// spectrum will need it (half the memory the transforms stream through).
+  const float* convolve(const float* spectrum, bool keep_transform) {
+    float* result = keep_transform ? y : x;
+    fft->multiply_inverse(x, spectrum, result, work);
+    return result;
+  }
 };
 
 /// The spectrum of a toeplitz_kernel for multiply_inverse.
@@ -162,7 +169,7 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
   constexpr index_t rows_per_item = 256;
   const index_t key_items = (nk + rows_per_item - 1) / rows_per_item, query_items = (nq + rows_per_item - 1) / rows_per_item;
   const index_t feature_scratch = std::max<index_t>(1, features::binding<FeatureMap>::scratch_floats(rows_per_item, dm.d));
-  const index_t block_floats = column_block::floats(fft);
+  const index_t block_floats = column_block::floats(fft, group > 1);
   std::vector<float> key_max(static_cast<std::size_t>(key_items));
 
   const std::vector<int> value_exps = features::value_exponents(v, o.threads);
@@ -211,11 +218,10 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
       const auto row_of = [&](index_t i) { return i + nk - nq < 0 ? i + nk - nq + length : i + nk - nq; };
       parallel_for(dm.value_blocks + dm.feature_blocks, o.threads, [&](index_t item) {
         scratch_lease lease;
-        column_block cb(fft, static_cast<float*>(lease.reserve(sizeof(float) * static_cast<std::size_t>(block_floats))));
+        column_block cb(fft, static_cast<float*>(lease.reserve(sizeof(float) * static_cast<std::size_t>(block_floats))), group > 1);
         if (item < dm.value_blocks) {
           const index_t e0 = item * columns;
-          for (index_t g = 0; g < group; ++g)
-            for (index_t i = 0; i < nq; ++i) std::fill_n(num.data() + (g * nq + i) * value_pad + e0, columns, 0.f);
+          std::fill_n(num.data() + item * group * nq * columns, group * nq * columns, 0.f);
           for (index_t l = 0; l < m; ++l) {
             const float* kl = kft.data() + l * nk;
             cb.load_and_transform(nk, [&](index_t t, float* dst) {
@@ -223,12 +229,13 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
               for (index_t c = 0; c < columns; c += W) (w * V::load_unaligned(values.data() + t * value_pad + e0 + c)).store_aligned(dst + c);
             });
             for (index_t g = 0; g < group; ++g) {
-              cb.convolve(spectra[static_cast<std::size_t>(hk * group + g)].data());
+              const float* result = cb.convolve(spectra[static_cast<std::size_t>(hk * group + g)].data(), g + 1 < group);
               const float* ql = qft.data() + (g * m + l) * nq;
+              float* block_acc = num.data() + (item * group + g) * nq * columns;
               for (index_t i = 0; i < nq; ++i) {
                 const V w(ql[i]);
-                float* acc = num.data() + (g * nq + i) * value_pad + e0;
-                const float* y = cb.y + 2 * row_of(i) * W;
+                float* acc = block_acc + i * columns;
+                const float* y = result + 2 * row_of(i) * W;
                 for (index_t c = 0; c < columns; c += W)
                   xsimd::fma(w, V::load_aligned(y + c), V::load_unaligned(acc + c)).store_unaligned(acc + c);
               }
@@ -241,10 +248,10 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
           for (index_t c = 0; c < columns; c += W) V::load_unaligned(kf.data() + t * feature_pad + l0 + c).store_aligned(dst + c);
         });
         for (index_t g = 0; g < group; ++g) {
-          cb.convolve(spectra[static_cast<std::size_t>(hk * group + g)].data());
+          const float* result = cb.convolve(spectra[static_cast<std::size_t>(hk * group + g)].data(), g + 1 < group);
           float* den = den_part.data() + (f * group + g) * nq;
           for (index_t i = 0; i < nq; ++i) {
-            const float* y = cb.y + 2 * row_of(i) * W;
+            const float* y = result + 2 * row_of(i) * W;
             const float* qrow = qf.data() + (g * nq + i) * feature_pad + l0;
             V acc(0.f);
             for (index_t c = 0; c < columns; c += W) acc = xsimd::fma(V::load_unaligned(qrow + c), V::load_aligned(y + c), acc);
@@ -268,9 +275,11 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
           const bool empty = den == 0 || top == neg_inf || key_shift == neg_inf || (p.causal && i + nk - nq < 0);
           const float total = den + p.eps * std::exp(-offset);
           const float inv = !empty && total > 0 ? std::ldexp(1.f / total, value_exp) : 0.f;
-          const float* acc = num.data() + (g * nq + i) * value_pad;
           O* row = out.row(b, hq, i);
-          for (index_t e = 0; e < dm.dv; ++e) row[e * out.stride(dim_axis)] = from_float<O>(empty ? 0.f : acc[e] * inv);
+          for (index_t e = 0; e < dm.dv; ++e) {
+            const float acc = num[static_cast<std::size_t>(((e / columns * group + g) * nq + i) * columns + e % columns)];
+            row[e * out.stride(dim_axis)] = from_float<O>(empty ? 0.f : acc * inv);
+          }
           if (o.lse) o.lse[(b * dm.q_heads + hq) * nq + i] = empty ? neg_inf : std::log(den) + offset;
         }
       });
@@ -312,19 +321,19 @@ inline void toeplitz_multiply(const float* bias, index_t nq, index_t nk, bool ca
       make_kernel(nq, nk, causal, length, [&](index_t r) { return bias ? bias[r + nk - 1] : 0.f; });
   const std::vector<float> spectrum = spectrum_of(fft, kernel);
   const float factor = kernel.top == neg_inf ? 0.f : std::exp(kernel.top);
-  const index_t block_floats = column_block::floats(fft);
+  const index_t block_floats = column_block::floats(fft, false);
   parallel_for((cols + columns - 1) / columns, threads, [&](index_t item) {
     scratch_lease lease;
-    column_block cb(fft, static_cast<float*>(lease.reserve(sizeof(float) * static_cast<std::size_t>(block_floats))));
+    column_block cb(fft, static_cast<float*>(lease.reserve(sizeof(float) * static_cast<std::size_t>(block_floats))), false);
     const index_t c0 = item * columns, width = std::min(columns, cols - c0);
     cb.load_and_transform(nk, [&](index_t t, float* dst) {
       std::copy(x + t * cols + c0, x + t * cols + c0 + width, dst);
       std::fill(dst + width, dst + columns, 0.f);
     });
-    cb.convolve(spectrum.data());
+    const float* result = cb.convolve(spectrum.data(), false);
     for (index_t i = 0; i < nq; ++i) {
       const index_t row = i + nk - nq < 0 ? i + nk - nq + length : i + nk - nq;
-      for (index_t c = 0; c < width; ++c) y[i * cols + c0 + c] = factor * cb.y[2 * row * W + c];
+      for (index_t c = 0; c < width; ++c) y[i * cols + c0 + c] = factor * result[2 * row * W + c];
     }
   });
 }

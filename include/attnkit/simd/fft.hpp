@@ -383,8 +383,9 @@ class lane_fft {
     }
   }
 
-  /// y = IFFT(xhat .* kernel) / n in natural order: xhat from forward_scrambled (left
-  /// unchanged), kernel from kernel_spectrum (the same for every lane); y may not alias xhat.
+  /// y = IFFT(xhat .* kernel) / n in natural order: xhat from forward_scrambled, kernel from
+  /// kernel_spectrum (the same for every lane). y may be xhat itself (in place: every stage
+  /// writes the positions it reads); otherwise xhat is left unchanged.
   void multiply_inverse(const float* xhat, const float* kernel, float* y, float* /*work*/) const {
     const float scale = 1.0f / static_cast<float>(n_);
     // Only ever read through: the const_cast lets one lane_buffer type serve both.
