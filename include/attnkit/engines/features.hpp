@@ -261,9 +261,24 @@ std::vector<int> value_exponents(const tensor_view<const Vt>& v, int threads) {
   std::vector<int> e(static_cast<std::size_t>(v.batch() * v.heads()), 0);
   parallel_for(v.batch() * v.heads(), threads, [&](index_t pair) {
     float top = 0;
-    for (index_t t = 0; t < v.seq(); ++t)
-      for (index_t c = 0; c < v.dim(); ++c)
-        top = std::max(top, std::fabs(to_float(v(pair / v.heads(), pair % v.heads(), t, c))));
+    const index_t stride = v.stride(dim_axis);
+    for (index_t t = 0; t < v.seq(); ++t) {
+      const Vt* row = v.row(pair / v.heads(), pair % v.heads(), t);
+      index_t c = 0;
+      if constexpr (std::is_same_v<Vt, float>) {
+        if (stride == 1) {
+          V m(0.f);
+          for (; c + W <= v.dim(); c += W) m = xsimd::max(m, xsimd::abs(V::load_unaligned(row + c)));
+          alignas(64) float lanes[W];
+          m.store_aligned(lanes);
+          for (const float x : lanes) top = std::max(top, x);
+        }
+      }
+      if (stride == 1)
+        for (; c < v.dim(); ++c) top = std::max(top, std::fabs(to_float(row[c])));
+      else
+        for (index_t c = 0; c < v.dim(); ++c) top = std::max(top, std::fabs(to_float(row[c * stride])));
+    }
     if (top > 0x1p64f) std::frexp(top, &e[static_cast<std::size_t>(pair)]);
   });
   return e;
