@@ -12,8 +12,10 @@
 ///   rpe/{elu,favor}/D:d/N:n        kernelized_rpe with random biases, non-causal, normalised q
 ///                     and k: elu+1 (m = D) or FAVOR+ (m = 256). Counters: speedup, half_ratio.
 ///   toeplitz/N:n      the FFT path (toeplitz_multiply) against the direct O(N^2) Toeplitz
-///                     product in float (columns in vector lanes), 64 columns, one thread each.
-///                     Counter: fft_speedup.
+///                     product in float (columns in vector lanes) and against the same
+///                     convolutions on Eigen's FFT (kissfft, column by column), 64 columns, one
+///                     thread each. Counters: fft_speedup, eigen_fft_speedup, max_error (max
+///                     |FFT - direct| over max |direct|).
 ///
 /// Dense is timed as bench_content does (dense_estimate.hpp). "tiny" versions run in CI:
 ///
@@ -23,11 +25,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <complex>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <attnkit/attnkit.hpp>
+#include <unsupported/Eigen/FFT>
 
 namespace {
 
@@ -138,13 +142,32 @@ void direct_toeplitz(const std::vector<float>& weight, i64 n, const float* x, i6
   }
 }
 
+/// The same product column by column on Eigen's FFT (kissfft; real input, full spectrum).
+void eigen_toeplitz(const std::vector<float>& weight, i64 n, const float* x, i64 cols, float* y) {
+  const i64 length = attnkit::detail::simd::smooth_size(2 * n - 1);
+  Eigen::FFT<float> fft;
+  std::vector<float> g(static_cast<std::size_t>(length), 0.f), column(static_cast<std::size_t>(length)), out;
+  for (i64 u = -(n - 1); u <= n - 1; ++u)  // g[u mod L] = c_{-u}
+    g[static_cast<std::size_t>(u < 0 ? u + length : u)] = weight[static_cast<std::size_t>(-u + n - 1)];
+  std::vector<std::complex<float>> spectrum, transformed;
+  fft.fwd(spectrum, g);
+  for (i64 c = 0; c < cols; ++c) {
+    std::fill(column.begin(), column.end(), 0.f);
+    for (i64 j = 0; j < n; ++j) column[static_cast<std::size_t>(j)] = x[j * cols + c];
+    fft.fwd(transformed, column);
+    for (std::size_t f = 0; f < transformed.size(); ++f) transformed[f] *= spectrum[f];
+    fft.inv(out, transformed);
+    for (i64 i = 0; i < n; ++i) y[i * cols + c] = out[static_cast<std::size_t>(i)];
+  }
+}
+
 void bm_toeplitz(benchmark::State& state, i64 n) {
   const i64 cols = 64;
   const std::vector<float> x = normal_vector(static_cast<std::size_t>(n * cols), 6), bias = random_bias(n, 7);
-  std::vector<float> weight(bias.begin(), bias.begin() + 2 * n - 1), y(x.size());
+  std::vector<float> weight(bias.begin(), bias.begin() + 2 * n - 1), y(x.size()), y_direct(x.size());
   for (float& w : weight) w = std::exp(w);
   attnkit::toeplitz_multiply(bias.data(), n, n, false, x.data(), cols, y.data(), 1);
-  double fft = 0, direct = 0;
+  double fft = 0, direct = 0, eigen = 0;
   for (auto _ : state) {
     auto t0 = clock_type::now();
     attnkit::toeplitz_multiply(bias.data(), n, n, false, x.data(), cols, y.data(), 1);
@@ -152,11 +175,20 @@ void bm_toeplitz(benchmark::State& state, i64 n) {
     fft += t;
     state.SetIterationTime(t);
     t0 = clock_type::now();
-    direct_toeplitz(weight, n, x.data(), cols, y.data());
+    direct_toeplitz(weight, n, x.data(), cols, y_direct.data());
     direct += seconds_since(t0);
-    benchmark::DoNotOptimize(y.data());
+    t0 = clock_type::now();
+    eigen_toeplitz(weight, n, x.data(), cols, y_direct.data());
+    eigen += seconds_since(t0);
+    benchmark::DoNotOptimize(y_direct.data());
   }
+  direct_toeplitz(weight, n, x.data(), cols, y_direct.data());
+  double err = 0, top = 0;
+  for (std::size_t e = 0; e < y.size(); ++e)
+    err = std::max(err, double(std::fabs(y[e] - y_direct[e]))), top = std::max(top, double(std::fabs(y_direct[e])));
   state.counters["fft_speedup"] = direct / fft;
+  state.counters["eigen_fft_speedup"] = eigen / fft;
+  state.counters["max_error"] = err / top;  // against the direct product in float
 }
 
 void register_all() {
@@ -176,6 +208,7 @@ void register_all() {
     reg("rpe/favor/D:128/N:" + std::to_string(n), bm_rpe<attnkit::favor_plus>, n, i64(128))->Iterations(1);
   }
   reg("toeplitz/N:16384", bm_toeplitz, i64(16384))->Iterations(1);
+  reg("toeplitz/N:65536", bm_toeplitz, i64(65536))->Iterations(1);
   reg("linear/causal/tiny/N:512", bm_linear, i64(512), i64(64), true);
   reg("linear/full/tiny/N:512", bm_linear, i64(512), i64(64), false);
   reg("rpe/elu/tiny/N:512", bm_rpe<attnkit::elu_plus_one>, i64(512), i64(64));
