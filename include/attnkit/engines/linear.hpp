@@ -48,7 +48,7 @@ namespace attnkit::detail::linear_engine {
 using G = flash::geometry<simd::wide_arch, 2>;
 inline constexpr index_t Br = G::Br;
 inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-/// Keys of one partial state (a multiple of every chunk length the engine picks).
+/// Keys of one partial state: the pieces of a (batch, kv head) run in parallel.
 inline constexpr index_t piece_keys = 4096;
 /// Chunk length when the policy leaves it to the engine (measured: bench_linear).
 inline constexpr index_t default_chunk = 32;
