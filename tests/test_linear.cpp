@@ -321,4 +321,13 @@ TEST_CASE("linear: invalid fields are rejected before anything is written", "[li
   f.scale = std::numeric_limits<float>::infinity();
   rejects(make_linear(f, false), "infinite FAVOR+ scale");
   CHECK_THROWS_AS(attnkit::favor_projection(favor(8), 0), attnkit::error);
+  // Orthogonal features draw d x d blocks: 8192^2 normals is over the 2^24 limit.
+  CHECK_THROWS_AS(attnkit::favor_projection(favor(1), 8192), attnkit::error);
+  CHECK(attnkit::favor_projection(favor(1, 0, false), 8192).size() == 8192);
+  const problem wide = make_problem(1, 1, 1, 2, 2, 8192, 4);
+  qkv<float> big = random_qkv<float>(wide, gen);
+  result<float> r = make_result<float>(wide, layout::bhsd);
+  CHECK_THROWS_AS(attnkit::attention(make_linear(favor(1), false), big.q.cview(), big.k.cview(), big.v.cview(), r.out.view),
+                  attnkit::error);
+  CHECK(guards_intact(r.out));
 }

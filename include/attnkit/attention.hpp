@@ -81,6 +81,15 @@ template <class Q, class K>
 void validate_with_views(const routing& p, const tensor_view<Q>& q, const tensor_view<K>&) {
   validate_centroids(p, q.heads(), q.dim());
 }
+/// FAVOR+: the projection's size depends on the head dimension.
+template <class Q, class K>
+void validate_with_views(const linear<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+  validate_favor_size("linear", p.feature_map, q.dim());
+}
+template <class Q, class K>
+void validate_with_views(const kernelized_rpe<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+  validate_favor_size("kernelized_rpe", p.feature_map, q.dim());
+}
 
 template <class Policy, class Q, class K, class V, class O>
 void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const K>& k, const tensor_view<const V>& v,

@@ -56,6 +56,14 @@ float decode_favor_scale(fuzz_case& c, const char* what) {
   return values[i];
 }
 
+/// FAVOR+ projections drawing more than 2^24 normals for this head dimension are rejected.
+void check_favor_size(fuzz_case& c, const attnkit::favor_plus& f, const problem& pb) {
+  const index_t d = pb.ext[0][3];
+  if (f.features >= 1 && f.features <= attnkit::detail::max_features && d >= 1 && d <= attnkit::detail::max_head_dim &&
+      attnkit::detail::favor_normals(f, d) > attnkit::detail::max_favor_normals)
+    c.fault("the FAVOR+ projection draws " + fmt(attnkit::detail::favor_normals(f, d)) + " normals at D = " + fmt(d));
+}
+
 /// |x| bound for FAVOR+ exponents |x'|^2 = scale |x|^2 <= limit over D values.
 double favor_input_max(float scale, index_t d, double limit) {
   const double s = scale != 0 ? double(scale) : 1.0 / std::sqrt(double(std::max<index_t>(d, 1)));
@@ -72,9 +80,10 @@ void run_linear(fuzz_case& c, const FeatureMap& f) {
   const problem pb = decode_problem(c, {});
   c.lf.feature_sums = true;
   c.lf.feature_tol = 1e-4;
-  if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>)
+  if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) {
+    check_favor_size(c, f, pb);
     c.lf.feature_input_max = favor_input_max(f.scale, pb.ext[0][3], 16);
-  else
+  } else
     c.lf.feature_input_max = 10;
   c.policy = "linear{" + describe_map(f) + ", causal=" + std::to_string(p.causal) + ", eps=" + fmt(double(p.eps)) +
              ", chunk=" + fmt(p.chunk) + "}";
@@ -123,6 +132,7 @@ void run_kernelized(fuzz_case& c, const FeatureMap& f, float scale) {
   if (bias_mode == 9 && sized) c.fault("bias and bias_fn both set");
   c.lf.feature_sums = true;
   c.lf.feature_tol = 2e-3;
+  if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) check_favor_size(c, f, pb);
   const bool calm_bias = bias_mode == 0 || bias_mode == 1 || bias_mode == 3 || bias_mode == 7;
   if (calm_bias && !std::is_same_v<FeatureMap, attnkit::relu>) {
     if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) {

@@ -60,13 +60,14 @@ class projection_normals {
   bool has_sin_ = false;
 };
 
-/// Orthonormalises the d rows of the row-major d x d matrix g in order by classical
-/// Gram-Schmidt: every projection uses the original row (the fast path's modified
-/// Gram-Schmidt uses the partially reduced one), so the two agree only up to round-off.
-inline void classical_gram_schmidt(std::vector<double>& g, index_t d) {
+/// Orthonormalises the first `rows` rows of the row-major d x d matrix g in order by classical
+/// Gram-Schmidt (row i depends on the rows before it only): every projection uses the original
+/// row (the fast path's modified Gram-Schmidt uses the partially reduced one), so the two agree
+/// only up to round-off.
+inline void classical_gram_schmidt(std::vector<double>& g, index_t d, index_t rows) {
   const std::vector<double> original = g;
   std::vector<double> dots(static_cast<std::size_t>(d));
-  for (index_t i = 0; i < d; ++i) {
+  for (index_t i = 0; i < rows; ++i) {
     const double* gi = original.data() + i * d;
     double* ei = g.data() + i * d;
     for (index_t j = 0; j < i; ++j) {
@@ -97,6 +98,7 @@ inline std::vector<double> favor_projection(const attnkit::favor_plus& f, index_
   attnkit::detail::validate_feature_map("reference::favor_projection", f);
   attnkit::detail::require(d >= 1 && d <= attnkit::detail::max_head_dim, "reference::favor_projection: d = ", d,
                            ", expected in [1, ", attnkit::detail::max_head_dim, "]");
+  attnkit::detail::validate_favor_size("reference::favor_projection", f, d);
   const index_t rows = f.hyperbolic ? f.features / 2 : f.features;
   detail::projection_normals normal(f.seed);
   std::vector<double> w(static_cast<std::size_t>(rows * d));
@@ -107,8 +109,8 @@ inline std::vector<double> favor_projection(const attnkit::favor_plus& f, index_
   std::vector<double> block(static_cast<std::size_t>(d * d));
   for (index_t first = 0; first < rows; first += d) {
     for (double& x : block) x = normal();
-    detail::classical_gram_schmidt(block, d);
     const index_t taken = rows - first < d ? rows - first : d;
+    detail::classical_gram_schmidt(block, d, taken);
     for (index_t t = 0; t < taken * d; ++t)
       w[static_cast<std::size_t>(first * d + t)] = block[static_cast<std::size_t>(t)];
   }

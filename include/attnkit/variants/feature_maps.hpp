@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -69,6 +70,24 @@ inline void validate_favor_scale(const char* what, float scale) {
           ", expected 0 (the default) or a positive value in [2^-126, 2^127] for favor_plus");
 }
 
+/// Most standard normals a FAVOR+ projection may draw: orthogonal features draw whole d x d
+/// blocks (the spec's stream), so m = 1 at d = 65536 would be 2^32 draws.
+inline constexpr index_t max_favor_normals = index_t(1) << 24;
+
+/// The normals favor_projection draws for rows of d values (saturating).
+inline index_t favor_normals(const favor_plus& f, index_t d) {
+  const index_t rows = f.hyperbolic ? f.features / 2 : f.features;
+  const index_t blocks = f.orthogonal ? saturating_mul(ceil_div(rows, d), saturating_mul(d, d)) : saturating_mul(rows, d);
+  return saturating_add(blocks, f.norm_scaling == 0 && f.orthogonal ? saturating_mul(rows, d) : 0);
+}
+
+/// The projection of features `f` over rows of d values draws at most max_favor_normals.
+inline void validate_favor_size(const char* policy, const favor_plus& f, index_t d) {
+  require(favor_normals(f, d) <= max_favor_normals, policy, ": feature_map.features = ", f.features, " (orthogonal = ",
+          f.orthogonal, ") with head dimension ", d, " draws ", favor_normals(f, d),
+          " normals for the projection, expected at most 2^24 (fewer features, or orthogonal = false)");
+}
+
 }  // namespace detail
 
 /// The FAVOR+ projection matrix W for rows of d values, row-major float64: m rows (m / 2 with
@@ -80,6 +99,7 @@ inline std::vector<double> favor_projection(const favor_plus& f, index_t d) {
   detail::validate_feature_map("favor_projection", f);
   detail::require(d >= 1 && d <= detail::max_head_dim, "favor_projection: d = ", d, ", expected in [1, ",
                   detail::max_head_dim, "]");
+  detail::validate_favor_size("favor_projection", f, d);
   const index_t rows = f.hyperbolic ? f.features / 2 : f.features;
   const auto at = [d](index_t r, index_t c) { return static_cast<std::size_t>(r * d + c); };
   std::vector<double> w(static_cast<std::size_t>(rows * d));
@@ -88,10 +108,16 @@ inline std::vector<double> favor_projection(const favor_plus& f, index_t d) {
     for (double& x : w) x = normal.next();
     return w;
   }
-  std::vector<double> block(static_cast<std::size_t>(d * d));
+  // Each block draws d x d normals; only its first `kept` rows are orthonormalised and kept
+  // (row i depends on rows < i only), the rest of the draws are discarded.
+  std::vector<double> block(static_cast<std::size_t>(std::min(rows, d) * d));
   for (index_t r0 = 0; r0 < rows; r0 += d) {
-    for (double& x : block) x = normal.next();
-    for (index_t i = 0; i < d; ++i) {
+    const index_t kept = std::min(d, rows - r0);
+    for (index_t t = 0; t < d * d; ++t) {
+      const double x = normal.next();
+      if (t < kept * d) block[static_cast<std::size_t>(t)] = x;
+    }
+    for (index_t i = 0; i < kept; ++i) {
       double* gi = block.data() + i * d;
       for (index_t j = 0; j < i; ++j) {  // remove the components along the rows before
         const double* gj = block.data() + j * d;
@@ -104,7 +130,7 @@ inline std::vector<double> favor_projection(const favor_plus& f, index_t d) {
       norm = std::sqrt(norm);
       for (index_t c = 0; c < d; ++c) gi[c] /= norm;
     }
-    for (index_t i = 0; i < d && r0 + i < rows; ++i)
+    for (index_t i = 0; i < kept; ++i)
       for (index_t c = 0; c < d; ++c) w[at(r0 + i, c)] = block[static_cast<std::size_t>(i * d + c)];
   }
   for (index_t r = 0; r < rows; ++r) {
