@@ -192,6 +192,9 @@ struct logit_facts {
   bool feature_sums = false;
   double feature_input_max = 0;
   double feature_tol = 0;
+  /// Their work: the reference's per (query, key) pair, the fast path's per token (features,
+  /// state or FFT columns); 0: softmax's D + Dv per pair.
+  double work_per_pair = 0, work_per_token = 0;
 };
 
 struct callbacks;
@@ -790,9 +793,11 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
     }
   }
   // Work budget.
-  const double work = std::max(0.0, double(pb.ext[0][0])) * std::max(0.0, double(pb.ext[0][1])) *
-                      std::max(0.0, double(pb.ext[0][2])) * std::max(0.0, double(pb.ext[1][2])) *
-                      (std::max(0.0, double(pb.ext[0][3])) + std::max(0.0, double(pb.ext[2][3])));
+  const double heads_rows = std::max(0.0, double(pb.ext[0][0])) * std::max(0.0, double(pb.ext[0][1]));
+  const double nq = std::max(0.0, double(pb.ext[0][2])), nk = std::max(0.0, double(pb.ext[1][2]));
+  const double per_pair = c.lf.work_per_pair > 0 ? c.lf.work_per_pair
+                                                 : std::max(0.0, double(pb.ext[0][3])) + std::max(0.0, double(pb.ext[2][3]));
+  const double work = heads_rows * (nq * nk * per_pair + (nq + nk) * c.lf.work_per_token);
   if (all_honest && work > max_reference_work) throw skip_input{};
   if (c.nested && all_honest &&
       double(pb.ext[0][0]) * double(pb.ext[0][1]) * double(pb.ext[0][2]) * double(pb.ext[1][2]) > max_nested_keep_calls)

@@ -32,6 +32,12 @@ attnkit::favor_plus decode_favor(fuzz_case& c) {
   return f;
 }
 
+template <class FeatureMap>
+index_t feature_count(const FeatureMap& f) {
+  if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) return f.features;
+  else return 0;
+}
+
 std::string describe_map(const attnkit::elu_plus_one&) { return "elu_plus_one"; }
 std::string describe_map(const attnkit::relu& f) { return "relu{feature_eps=" + fmt(double(f.feature_eps)) + "}"; }
 std::string describe_map(const attnkit::favor_plus& f) {
@@ -64,6 +70,16 @@ void check_favor_size(fuzz_case& c, const attnkit::favor_plus& f, const problem&
     c.fault("the FAVOR+ projection draws " + fmt(attnkit::detail::favor_normals(f, d)) + " normals at D = " + fmt(d));
 }
 
+/// The work of feature attention with m features (lf.work_per_pair, lf.work_per_token): the
+/// reference's dot product and value sums per pair; per token the features (FAVOR+'s
+/// projections) and the state or the FFT columns, with room for the FFT's log factor.
+void set_feature_work(fuzz_case& c, const problem& pb, index_t m) {
+  const double d = std::max(0.0, double(pb.ext[0][3])), dv = std::max(0.0, double(pb.ext[2][3]));
+  const double features = std::max(0.0, double(m));
+  c.lf.work_per_pair = features + dv + 1;
+  c.lf.work_per_token = features * (d + 16 * dv + 16);
+}
+
 /// |x| bound for FAVOR+ exponents |x'|^2 = scale |x|^2 <= limit over D values.
 double favor_input_max(float scale, index_t d, double limit) {
   const double s = scale != 0 ? double(scale) : 1.0 / std::sqrt(double(std::max<index_t>(d, 1)));
@@ -78,6 +94,7 @@ void run_linear(fuzz_case& c, const FeatureMap& f) {
   p.eps = decode_eps(c);
   p.chunk = pick_field(c, "chunk", {0, 1, 3, 32, 64, 100000, -1, i64_max}, 6);
   const problem pb = decode_problem(c, {});
+  set_feature_work(c, pb, std::is_same_v<FeatureMap, attnkit::favor_plus> ? feature_count(f) : pb.ext[0][3]);
   c.lf.feature_sums = true;
   c.lf.feature_tol = 1e-4;
   if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) {
@@ -104,7 +121,7 @@ void run_kernelized(fuzz_case& c, const FeatureMap& f, float scale) {
   const problem pb = decode_problem(c, {});
   // Hq x (Nq + Nk - 1) biases when those are sizes at all.
   const index_t hq = pb.ext[0][1], offsets = pb.ext[0][2] + pb.ext[1][2] - 1;
-  const bool sized = hq > 0 && offsets > 0 && hq * offsets <= (1 << 20);
+  const bool sized = hq > 0 && offsets > 0 && offsets <= (1 << 20) / hq;
   std::vector<float> bias;
   if (sized) {
     bias.resize(static_cast<std::size_t>(hq * offsets));
@@ -128,8 +145,9 @@ void run_kernelized(fuzz_case& c, const FeatureMap& f, float scale) {
   const bool visible_keys = pb.ext[0][2] > 0 && pb.ext[1][2] > 0;
   if (uses_bias && !sized) c.maybe("no bias for this problem's shapes");
   if ((bias_mode == 5 || bias_mode == 6) && sized && visible_keys) c.fault(bias_mode == 5 ? "a bias is NaN" : "a bias is +inf");
-  if (bias_mode == 8 && visible_keys) c.fault("bias_fn(h, 0) is NaN");
+  if (bias_mode == 8 && visible_keys && pb.ext[0][0] > 0) c.fault("bias_fn(h, 0) is NaN");  // sampled only with work to do
   if (bias_mode == 9 && sized) c.fault("bias and bias_fn both set");
+  set_feature_work(c, pb, std::is_same_v<FeatureMap, attnkit::favor_plus> ? feature_count(f) : pb.ext[0][3]);
   c.lf.feature_sums = true;
   c.lf.feature_tol = 2e-3;
   if constexpr (std::is_same_v<FeatureMap, attnkit::favor_plus>) check_favor_size(c, f, pb);

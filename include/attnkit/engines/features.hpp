@@ -72,16 +72,28 @@ class favor_map {
   }
 
   index_t features() const { return m_; }
-  /// Floats of scratch `exponents` needs for `rows` rows.
-  static index_t scratch_floats(index_t rows) { return rows * G::Br; }
+  /// Floats of scratch `exponents` needs for `rows` rows: the micro-kernel's output, then a
+  /// double and an int per row.
+  static index_t scratch_floats(index_t rows) { return rows * G::Br + (3 * rows + 15) / 16 * 16; }
 
   /// u[i][r] for rows x[i] (row stride d) into dst (row stride ds), and row_max[i] = max_r u[i][r].
-  void exponents(const float* x, index_t rows, float* dst, index_t ds, float* row_max, float* scratch) const {
+  /// Rows are scaled by powers of two to below 1 first (in place, exact) and u is put together
+  /// in double, so inputs near FLT_MAX give finite exponents (at worst -FLT_MAX), never inf - inf.
+  void exponents(float* x, index_t rows, float* dst, index_t ds, float* row_max, float* scratch) const {
+    double* diag = reinterpret_cast<double*>(scratch + rows * G::Br);  // -|x'|^2 / 2
+    int* row_exp = reinterpret_cast<int*>(diag + rows);
     for (index_t i = 0; i < rows; ++i) {
-      double sq = 0;  // |x'|^2 / 2 = scale |x|^2 / 2
-      for (index_t c = 0; c < d_; ++c) sq += double(x[i * d_ + c]) * x[i * d_ + c];
-      row_max[i] = -static_cast<float>(half_scale_ * sq);  // holds -|x'|^2/2 until the maxima below
+      float* xi = x + i * d_;
+      double sq = 0;
+      float top = 0;
+      for (index_t c = 0; c < d_; ++c) sq += double(xi[c]) * xi[c], top = std::max(top, std::fabs(xi[c]));
+      diag[i] = -double(half_scale_) * sq;
+      row_exp[i] = 0;
+      if (top >= 1) std::frexp(top, &row_exp[i]);
+      if (row_exp[i] != 0)
+        for (index_t c = 0; c < d_; ++c) xi[c] = std::ldexp(xi[c], -row_exp[i]);
     }
+    const auto to_float = [](double u) { return static_cast<float>(std::max(u, -double(std::numeric_limits<float>::max()))); };
     for (index_t pnl = 0; pnl < panels_; ++pnl) {
       const index_t r0 = pnl * G::Br, count = std::min<index_t>(G::Br, directions_ - r0);
       for (index_t i0 = 0; i0 < rows; i0 += 256) {
@@ -89,12 +101,12 @@ class favor_map {
         simd::qk_tile<G>(panel(pnl), x + i0 * d_, d_, d_, n, scratch + i0 * G::Br);
       }
       for (index_t i = 0; i < rows; ++i) {
-        const float diag = row_max[i];
         float* out = dst + i * ds + r0;
-        const float* u = scratch + i * G::Br;
-        for (index_t r = 0; r < count; ++r) out[r] = u[r] + diag;
+        const float* p = scratch + i * G::Br;
+        const double unit = std::ldexp(1.0, row_exp[i]);
+        for (index_t r = 0; r < count; ++r) out[r] = to_float(double(p[r]) * unit + diag[i]);
         if (hyperbolic_)
-          for (index_t r = 0; r < count; ++r) out[directions_ + r] = diag - u[r];
+          for (index_t r = 0; r < count; ++r) out[directions_ + r] = to_float(diag[i] - double(p[r]) * unit);
       }
     }
     for (index_t i = 0; i < rows; ++i) {
@@ -251,6 +263,15 @@ class binding<favor_plus> {
   favor_map map_;
   index_t d_;
   bool normalize_;
+};
+
+/// x -> x 2^e for the outputs of scaled values: in two steps, since 2^e alone may not be a
+/// float (2^128), and after the division by the denominator, where x is at most max |v| 2^-e.
+struct power_of_two {
+  explicit power_of_two(int e) : first(std::ldexp(1.f, e / 2)), second(std::ldexp(1.f, e - e / 2)) {}
+  bool exact() const { return first == 1 && second == 1; }
+  float operator()(float x) const { return x * first * second; }
+  float first, second;
 };
 
 /// The exponents of the value scaling per (batch, kv head) (a linear or toeplitz-fft engine

@@ -223,6 +223,7 @@ template <class O>
 void read_out(const dims& dm, const chunk_buffers& buf, const state_ref& st, index_t keys, float eps, index_t b,
               index_t hq, index_t i0, index_t n, const tensor_view<O>& out, const options& o) {
   const index_t depth = dm.m + round_up(keys, Br);
+  const features::power_of_two unit(dm.value_exp[b * dm.kv_heads + hq / dm.group]);
   for (index_t i = 0; i < n; ++i) {
     const float* r = buf.rows + i * buf.row_stride;
     float den = dot(r, st.z, dm.m);
@@ -236,17 +237,18 @@ void read_out(const dims& dm, const chunk_buffers& buf, const state_ref& st, ind
     for (index_t i = 0; i < n; ++i) {
       const float offset = buf.qoff[i] + *st.shift;  // log of the common factor taken out
       const float total = buf.den[i] + eps * std::exp(-offset);
-      // den = 0 with eps = 0: no key weight
-      const float inv = total > 0 ? std::ldexp(1.f / total, dm.value_exp[b * dm.kv_heads + hq / dm.group]) : 0.f;
+      const float inv = total > 0 ? 1.f / total : 0.f;  // den = 0 with eps = 0: no key weight
       O* row = out.row(b, hq, i0 + i) + p * Br * out.stride(dim_axis);
       const index_t width = std::min(Br, dm.dv - p * Br);
       if constexpr (std::is_same_v<O, float>) {
-        if (width == Br && out.stride(dim_axis) == 1) {
+        if (width == Br && out.stride(dim_axis) == 1 && unit.exact() && std::isfinite(inv)) {
           for (index_t e = 0; e < Br; e += W) (V::load_aligned(buf.tile + i * Br + e) * V(inv)).store_unaligned(row + e);
           continue;
         }
       }
-      for (index_t e = 0; e < width; ++e) row[e * out.stride(dim_axis)] = from_float<O>(buf.tile[i * Br + e] * inv);
+      for (index_t e = 0; e < width; ++e)  // a subnormal total: divide (its reciprocal is inf)
+        row[e * out.stride(dim_axis)] =
+            from_float<O>(unit(std::isfinite(inv) ? buf.tile[i * Br + e] * inv : buf.tile[i * Br + e] / total));
     }
   }
   if (o.lse)

@@ -266,6 +266,7 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
         const index_t g = item / query_items, hq = hk * group + g, i0 = item % query_items * rows_per_item,
                       n = std::min(rows_per_item, nq - i0);
         const float top = kernels[static_cast<std::size_t>(hq)].top;
+        const features::power_of_two unit(value_exp);
         for (index_t i = i0; i < i0 + n; ++i) {
           float den = 0;
           for (index_t f = 0; f < dm.feature_blocks; ++f) den += den_part[static_cast<std::size_t>((f * group + g) * nq + i)];
@@ -274,11 +275,12 @@ void run(const kernelized_rpe<FeatureMap>& p, const tensor_view<const Q>& q, con
           // Causal rows before the first key see none; round-off must not make one up.
           const bool empty = den == 0 || top == neg_inf || key_shift == neg_inf || (p.causal && i + nk - nq < 0);
           const float total = den + p.eps * std::exp(-offset);
-          const float inv = !empty && total > 0 ? std::ldexp(1.f / total, value_exp) : 0.f;
+          const float inv = !empty && total > 0 ? 1.f / total : 0.f;
           O* row = out.row(b, hq, i);
           for (index_t e = 0; e < dm.dv; ++e) {
             const float acc = num[static_cast<std::size_t>(((e / columns * group + g) * nq + i) * columns + e % columns)];
-            row[e * out.stride(dim_axis)] = from_float<O>(empty ? 0.f : acc * inv);
+            // a subnormal total: divide (its reciprocal is inf)
+            row[e * out.stride(dim_axis)] = from_float<O>(empty ? 0.f : unit(std::isfinite(inv) ? acc * inv : acc / total));
           }
           if (o.lse) o.lse[(b * dm.q_heads + hq) * nq + i] = empty ? neg_inf : std::log(den) + offset;
         }
