@@ -14,10 +14,12 @@
 //
 // Needs stb_image_write (Debian/Ubuntu: libstb-dev). Standalone build:
 //   g++ -std=c++17 -O2 -I include examples/mask_gallery.cpp -o mask_gallery
+#include <attnkit/attention.hpp>
 #include <attnkit/variants/custom.hpp>
 #include <attnkit/variants/hip.hpp>
 #include <attnkit/variants/neighborhood.hpp>
 #include <attnkit/variants/power.hpp>
+#include <attnkit/variants/probabilistic.hpp>
 #include <attnkit/variants/radial.hpp>
 #include <attnkit/variants/routing.hpp>
 #include <attnkit/variants/softmax.hpp>
@@ -146,6 +148,24 @@ template <class Policy>
 image matrix_view(const Policy& policy, index_t n, const std::vector<index_t>& block_lines = {},
                   const std::vector<index_t>& group_lines = {}) {
   return paint_matrix(attnkit::dense_mask(policy, n, n), n, n, block_lines, group_lines);
+}
+
+// Attention weights of an n x n self-attention (row-major), each cell shaded from white (0) to
+// the kept colour (the row's largest weight), so that soft masks show their gradation.
+image paint_weights(const std::vector<float>& weights, index_t n) {
+  const int cell = std::clamp(static_cast<int>(512 / std::max<index_t>(n, 1)), 1, 8);
+  image img(static_cast<int>(n) * cell + 2, static_cast<int>(n) * cell + 2);
+  for (index_t i = 0; i < n; ++i) {
+    const float* row = weights.data() + i * n;
+    const float top = *std::max_element(row, row + n);
+    for (index_t j = 0; j < n; ++j) {
+      const float t = top > 0 ? row[j] / top : 0.f;
+      const auto mix = [&](std::uint8_t to) { return static_cast<std::uint8_t>(std::lround(255.f + t * (float(to) - 255.f))); };
+      img.fill(1 + static_cast<int>(j) * cell, 1 + static_cast<int>(i) * cell, cell, cell, rgb{mix(kKept.r), mix(kKept.g), mix(kKept.b)});
+    }
+  }
+  img.outline(kFrame);
+  return img;
 }
 
 // Per-query view of one 2-D slice of a token grid (an n-token self-attention mask): the slice's
@@ -394,6 +414,32 @@ int main(int argc, char** argv) {
       row_lines.pop_back();
       save(side_by_side({paint_matrix(by_token, n, n), paint_matrix(by_cluster, nr, nc, {}, row_lines)}),
            "routing_clusters.png");
+    }
+
+    // ---- Probabilistic attention (Zonkey): 64 tokens whose existence fades over the last
+    // third (end-of-segment probability rising from 0 to 1/2), with equal scores so that the
+    // weights show the mask alone. zonkey_ratio (left): a key after the query weighs
+    // P(key exists | query exists) = p_j / p_i, so tokens that exist for sure see the fade and
+    // fading tokens see their own tail at full weight; key_logprob (right): every key weighs p_j.
+    {
+      const index_t n = 64;
+      std::vector<float> end_prob(static_cast<std::size_t>(n), 0.f);
+      for (index_t t = 2 * n / 3; t < n; ++t) end_prob[static_cast<std::size_t>(t)] = 0.5f * float(t - 2 * n / 3) / float(n / 3);
+      const std::vector<float> p = attnkit::existence_from_continue(end_prob.data(), 1, n);
+      const std::vector<float> zeros(static_cast<std::size_t>(n), 0.f);
+      std::vector<float> identity(static_cast<std::size_t>(n * n), 0.f), weights(identity.size());
+      for (index_t j = 0; j < n; ++j) identity[static_cast<std::size_t>(j * n + j)] = 1.f;
+      std::vector<image> panels;
+      for (const auto mode : {attnkit::probabilistic::mode_kind::zonkey_ratio, attnkit::probabilistic::mode_kind::key_logprob}) {
+        attnkit::probabilistic policy;
+        policy.key_prob = p.data();
+        policy.mode = mode;
+        // q = k = 0 (every score 0) and v = I: row i of the output is query i's weights.
+        attnkit::attention(policy, attnkit::view_bhsd(zeros.data(), 1, 1, n, 1), attnkit::view_bhsd(zeros.data(), 1, 1, n, 1),
+                           attnkit::view_bhsd(identity.data(), 1, 1, n, n), attnkit::view_bhsd(weights.data(), 1, 1, n, n));
+        panels.push_back(paint_weights(weights, n));
+      }
+      save(side_by_side(panels), "probabilistic_fade.png");
     }
   } catch (const attnkit::error& e) {
     std::fprintf(stderr, "mask_gallery: %s\n", e.what());

@@ -11,29 +11,41 @@
 #include "core/error.hpp"
 #include "core/options.hpp"
 #include "core/tensor_view.hpp"
+#include "engines/feature_gaussian.hpp"
 #include "engines/flash.hpp"
 #include "engines/linear.hpp"
+#include "engines/local_linear.hpp"
 #include "engines/toeplitz_fft.hpp"
+#include "reference/affine_scaled.hpp"
 #include "reference/custom.hpp"
+#include "reference/gaussian_adaptive.hpp"
 #include "reference/hip.hpp"
 #include "reference/kernelized_rpe.hpp"
 #include "reference/linear.hpp"
+#include "reference/local_linear.hpp"
 #include "reference/masked.hpp"
 #include "reference/neighborhood.hpp"
 #include "reference/power.hpp"
+#include "reference/probabilistic.hpp"
 #include "reference/radial.hpp"
 #include "reference/routing.hpp"
 #include "reference/softmax.hpp"
+#include "reference/softplus.hpp"
+#include "variants/affine_scaled.hpp"
 #include "variants/custom.hpp"
 #include "variants/feature_maps.hpp"
+#include "variants/gaussian_adaptive.hpp"
 #include "variants/hip.hpp"
 #include "variants/kernelized_rpe.hpp"
 #include "variants/linear.hpp"
+#include "variants/local_linear.hpp"
 #include "variants/neighborhood.hpp"
 #include "variants/power.hpp"
+#include "variants/probabilistic.hpp"
 #include "variants/radial.hpp"
 #include "variants/routing.hpp"
 #include "variants/softmax.hpp"
+#include "variants/softplus.hpp"
 
 namespace attnkit {
 
@@ -55,9 +67,14 @@ template <class Policy>
 inline constexpr bool is_flash_policy_v = is_flash_policy<Policy>::value;
 
 /// Policies with a driver of their own: content-based ones select keys from q and k first,
-/// then run the flash engine; linear and kernelized attention run engines of their own.
+/// then run the flash engine; softplus and affine-scaled attention run the flash engine with
+/// passes before or after; linear, kernelized, local linear and Gaussian adaptive attention
+/// run engines of their own.
 template <class Policy>
-struct has_own_driver : std::bool_constant<std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip>> {};
+struct has_own_driver
+    : std::bool_constant<std::is_same_v<Policy, routing> || std::is_same_v<Policy, hip> ||
+                         std::is_same_v<Policy, softplus> || std::is_same_v<Policy, affine_scaled> ||
+                         std::is_same_v<Policy, local_linear> || std::is_same_v<Policy, gaussian_adaptive>> {};
 template <class FeatureMap>
 struct has_own_driver<linear<FeatureMap>> : std::true_type {};
 template <class FeatureMap>
@@ -75,19 +92,21 @@ template <class FeatureMap>
 struct is_kernelized_rpe<kernelized_rpe<FeatureMap>> : std::true_type {};
 
 /// The checks of a policy that need the views (routing: its centroids are Hq * C * D floats).
-template <class Policy, class Q, class K>
-void validate_with_views(const Policy&, const tensor_view<Q>&, const tensor_view<K>&) {}
-template <class Q, class K>
-void validate_with_views(const routing& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+template <class Policy, class Q, class K, class V>
+void validate_with_views(const Policy&, const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&) {}
+template <class Q, class K, class V>
+void validate_with_views(const routing& p, const tensor_view<Q>& q, const tensor_view<K>&, const tensor_view<V>&) {
   validate_centroids(p, q.heads(), q.dim());
 }
 /// FAVOR+: the projection's size depends on the head dimension.
-template <class Q, class K>
-void validate_with_views(const linear<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+template <class Q, class K, class V>
+void validate_with_views(const linear<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&,
+                         const tensor_view<V>&) {
   validate_favor_size("linear", p.feature_map, q.dim());
 }
-template <class Q, class K>
-void validate_with_views(const kernelized_rpe<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&) {
+template <class Q, class K, class V>
+void validate_with_views(const kernelized_rpe<favor_plus>& p, const tensor_view<Q>& q, const tensor_view<K>&,
+                         const tensor_view<V>&) {
   validate_favor_size("kernelized_rpe", p.feature_map, q.dim());
 }
 
@@ -102,6 +121,14 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
     linear_engine::run(p, q, k, v, out, o);
   else if constexpr (is_kernelized_rpe<Policy>::value)
     toeplitz_fft::run(p, q, k, v, out, o);
+  else if constexpr (std::is_same_v<Policy, softplus>)
+    run_softplus(p, q, k, v, out, o);
+  else if constexpr (std::is_same_v<Policy, affine_scaled>)
+    run_affine_scaled(p, q, k, v, out, o);
+  else if constexpr (std::is_same_v<Policy, local_linear>)
+    local_linear_engine::run(p, q, k, v, out, o);
+  else if constexpr (std::is_same_v<Policy, gaussian_adaptive>)
+    feature_gaussian::run(p, q, k, v, out, o);
   else
     flash::run(p, q, k, v, out, o);
 }
@@ -120,7 +147,7 @@ void attention(const Policy& p, tensor_view<Q, Space> q, tensor_view<K, Space> k
                 "attnkit: unknown attention policy");
   detail::check_shapes(q, k, v, out, o);
   detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
-  detail::validate_with_views(p, q, k);
+  detail::validate_with_views(p, q, k, v);
   detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
 }
 
@@ -132,7 +159,7 @@ void attention(const Policy& p, tensor_view<Q> q, tensor_view<K> k, tensor_view<
                const options& o = {}) {
   attnkit::detail::check_shapes(q, k, v, out, o);
   attnkit::detail::validate(p, q.batch(), q.heads(), q.seq(), k.seq());
-  attnkit::detail::validate_with_views(p, q, k);
+  attnkit::detail::validate_with_views(p, q, k, v);
   detail::run(p, tensor_view<const Q>(q), tensor_view<const K>(k), tensor_view<const V>(v), out, o);
 }
 

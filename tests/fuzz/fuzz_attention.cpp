@@ -24,8 +24,9 @@
 namespace attnkit_fuzz {
 
 // ---------------------------------------------------------------------------------------------
-// The table of policy decoders. The policy is decision "policy" taken mod 16, so a decoder
-// appended here leaves every existing corpus file decoding to the same policy as before.
+// The table of policy decoders. The policy is decision "policy" taken mod 16; its last slot,
+// 15, reads decision "policy_more" (mod 16) for the entries from 15 on. So a decoder appended
+// here leaves every existing corpus file decoding to the same policy as before.
 
 struct policy_entry {
   const char* name;
@@ -45,9 +46,15 @@ const policy_entry policy_table[] = {
     {"routing", decode_routing},
     {"linear", decode_linear},
     {"kernelized_rpe", decode_kernelized_rpe},
+    {"probabilistic", decode_probabilistic},
+    {"softplus", decode_softplus},
+    {"affine_scaled", decode_affine_scaled},
+    // policy 15: policy_more 0, 1, ...
+    {"gaussian_adaptive", decode_gaussian_adaptive},
+    {"local_linear", decode_local_linear},
 };
-constexpr std::uint64_t policy_slots = 16;
-static_assert(std::size(policy_table) <= policy_slots, "attnkit fuzz: more policies than slots");
+constexpr std::uint64_t policy_slots = 16, more_slots = 16;
+static_assert(std::size(policy_table) <= policy_slots - 1 + more_slots, "attnkit fuzz: more policies than slots");
 
 // ---------------------------------------------------------------------------------------------
 // The harness's per-element loops (this file is built optimised: see CMakeLists.txt).
@@ -670,7 +677,8 @@ void decode_merge_states(fuzz_case& c) {
 // One input.
 
 bool run_case(fuzz_case& c) {
-  const std::uint64_t slot = c.r.take("policy", policy_slots, 0);
+  std::uint64_t slot = c.r.take("policy", policy_slots, 0);
+  if (slot == policy_slots - 1) slot += c.r.take("policy_more", more_slots, 0);
   if (slot >= std::size(policy_table)) return false;
   try {
     policy_table[slot].decode(c);
@@ -839,6 +847,126 @@ std::vector<seed> seeds() {
       {"kernelized-minus-inf-biases-bf16", {{"policy", {11}}, {"bias", {3}}, {"types", {1}}, {"normalize_qk", {0}}}},
       {"kernelized-error-nan-bias", {{"policy", {11}}, {"bias", {5}}}},
       {"kernelized-error-bias-fn-nan", {{"policy", {11}}, {"bias", {8}}}},
+      // probabilistic
+      {"probabilistic-zonkey-ratio", {{"policy", {12}}, {"n", {24}}, {"lse", {1}}}},
+      {"probabilistic-key-logprob-causal-gqa",
+       {{"policy", {12}}, {"prob_mode", {1}}, {"causal", {1}}, {"kv_heads", {1}}, {"group", {1}}, {"n", {33}}, {"lse", {1}}}},
+      {"probabilistic-log-space-tiny", {{"policy", {12}}, {"log_space", {1}}, {"key_prob", {3}}, {"n", {20}}, {"lse", {1}}}},
+      {"probabilistic-zeros-and-ones-varlen",
+       {{"policy", {12}}, {"key_prob", {2}}, {"batch", {2}}, {"n", {16}}, {"key_lens", {1}}, {"key_len", {5, 12}}, {"lse", {1}}}},
+      {"probabilistic-cross-query-prob-nq-lt-nk",
+       {{"policy", {12}}, {"seq_mode", {1}}, {"nq", {5}}, {"nk", {20}}, {"query_prob", {0}}, {"lse", {1}}}},
+      {"probabilistic-tiny-query-prob-log-space",
+       {{"policy", {12}}, {"log_space", {1}}, {"query_prob", {3}}, {"n", {30}}, {"lse", {1}}}},
+      {"probabilistic-existence-from-continue-bf16", {{"policy", {12}}, {"key_prob", {4}}, {"n", {40}}, {"types", {1}}, {"lse", {1}}}},
+      {"probabilistic-existence-from-continue-end-no-clamp",
+       {{"policy", {12}}, {"key_prob", {4}}, {"cont_clamp", {0}}, {"cont_end", {2}}, {"n", {20}}, {"lse", {1}}}},
+      {"probabilistic-window-softcap-alibi",
+       {{"policy", {12}}, {"n", {40}}, {"window_left", {1}}, {"window_left_n", {3}}, {"softcap", {2}}, {"alibi", {1}},
+        {"kv_heads", {1}}, {"group", {1}}}},
+      {"probabilistic-all-zero-keys", {{"policy", {12}}, {"key_prob", {5}}, {"lse", {1}}}},
+      {"probabilistic-decode-split-keys",
+       {{"policy", {12}}, {"seq_mode", {2}}, {"nk_long", {2048}}, {"query_prob", {0}}, {"threads", {2}}, {"lse", {1}}}},
+      {"probabilistic-error-key-prob-nan", {{"policy", {12}}, {"key_prob", {6}}, {"prob_bad", {0}}}},
+      {"probabilistic-error-key-prob-above-1", {{"policy", {12}}, {"key_prob", {6}}, {"prob_bad", {1}}, {"prob_bad_at", {5}}}},
+      {"probabilistic-error-log-space-positive", {{"policy", {12}}, {"log_space", {1}}, {"key_prob", {6}}, {"prob_bad", {5}}}},
+      {"probabilistic-log-space-minus-inf-key", {{"policy", {12}}, {"log_space", {1}}, {"key_prob", {6}}, {"prob_bad", {4}}, {"lse", {1}}}},
+      {"probabilistic-error-query-prob-minus-0-5", {{"policy", {12}}, {"query_prob", {6}}, {"prob_bad", {6}}}},
+      {"probabilistic-error-null-key-prob", {{"policy", {12}}, {"key_prob", {7}}}},
+      {"probabilistic-null-key-prob-batch-0", {{"policy", {12}}, {"key_prob", {7}}, {"batch", {0}}}},
+      {"probabilistic-error-null-query-prob-nq-ne-nk", {{"policy", {12}}, {"seq_mode", {1}}, {"nq", {5}}, {"nk", {9}}}},
+      {"probabilistic-error-mode-7", {{"policy", {12}}, {"prob_mode", {2}}}},
+      {"probabilistic-existence-from-continue-error-nan-b", {{"policy", {12}}, {"cont_bad", {1}}}},
+      {"probabilistic-existence-from-continue-error-size-overflow", {{"policy", {12}}, {"cont_bad", {4}}}},
+      // softplus
+      {"softplus-lssa", {{"policy", {13}}, {"n", {24}}, {"lse", {1}}}},
+      {"softplus-lssar-power-2-causal", {{"policy", {13}}, {"sp_power", {1}}, {"causal", {1}}, {"n", {40}}, {"lse", {1}}}},
+      {"softplus-lssar-threshold-two-pass-gqa",
+       {{"policy", {13}}, {"sp_threshold", {1}}, {"sp_power", {1}}, {"kv_heads", {1}}, {"group", {1}}, {"n", {30}}, {"lse", {1}}}},
+      {"softplus-threshold-1-power-0-5", {{"policy", {13}}, {"sp_threshold", {2}}, {"sp_power", {2}}, {"n", {17}}, {"lse", {1}}}},
+      {"softplus-no-length-scale-window-varlen",
+       {{"policy", {13}}, {"length_scale", {0}}, {"window_left", {1}}, {"window_left_n", {4}}, {"batch", {2}}, {"n", {20}},
+        {"query_lens", {1}}, {"query_len", {7, 20}}, {"lse", {1}}}},
+      {"softplus-min-len-1-nq-gt-nk",
+       {{"policy", {13}}, {"sp_min_len", {1}}, {"seq_mode", {1}}, {"nq", {20}}, {"nk", {5}}, {"causal", {1}}}},
+      {"softplus-decode-split-keys", {{"policy", {13}}, {"seq_mode", {2}}, {"nk_long", {2048}}, {"threads", {2}}, {"lse", {1}}}},
+      {"softplus-alpha-2-pow-64", {{"policy", {13}}, {"sp_alpha", {4}}, {"lse", {1}}}},
+      {"softplus-power-1024-q-10-k-minus-1", {{"policy", {13}}, {"sp_power", {5}}, {"vals_q", {3}}, {"x_q", {4}}, {"vals_k", {3}}, {"x_k", {2}}, {"lse", {1}}}},
+      {"softplus-error-alpha-0", {{"policy", {13}}, {"sp_alpha", {8}}}},
+      {"softplus-error-alpha-above-2-pow-64", {{"policy", {13}}, {"sp_alpha", {7}}}},
+      {"softplus-error-min-len-0", {{"policy", {13}}, {"sp_min_len", {5}}}},
+      {"softplus-error-power-nan", {{"policy", {13}}, {"sp_power", {13}}}},
+      {"softplus-error-power-above-1024", {{"policy", {13}}, {"sp_power", {9}}}},
+      {"softplus-error-threshold-negative", {{"policy", {13}}, {"sp_threshold", {10}}}},
+      // affine_scaled
+      {"affine-defaults-softmax", {{"policy", {14}}, {"lse", {1}}}},
+      {"affine-alpha-gate-complement-causal",
+       {{"policy", {14}}, {"beta_mode", {1}}, {"af_alpha", {1}}, {"causal", {1}}, {"n", {40}}, {"lse", {1}}}},
+      {"affine-given-beta-window-gqa",
+       {{"policy", {14}}, {"beta_mode", {2}}, {"af_beta", {1}}, {"af_alpha", {2}}, {"window_left", {1}}, {"window_left_n", {5}},
+        {"kv_heads", {1}}, {"group", {1}}, {"n", {64}}, {"lse", {1}}}},
+      {"affine-given-long-keys-prefix-sums",
+       {{"policy", {14}}, {"beta_mode", {2}}, {"af_beta", {6}}, {"seq_mode", {1}}, {"nq", {40}}, {"nk", {64}}, {"causal", {1}},
+        {"window_left", {1}}, {"window_left_n", {8}}}},
+      {"affine-huge-alpha-beta", {{"policy", {14}}, {"beta_mode", {2}}, {"af_beta", {3}}, {"af_alpha", {4}}}},
+      {"affine-complement-alpha-0-decode",
+       {{"policy", {14}}, {"beta_mode", {1}}, {"af_alpha", {3}}, {"seq_mode", {2}}, {"nk_long", {2048}}, {"threads", {2}}}},
+      {"affine-softcap-alibi-varlen",
+       {{"policy", {14}}, {"af_alpha", {1}}, {"softcap", {2}}, {"alibi", {1}}, {"batch", {2}}, {"n", {12}}, {"key_lens", {1}},
+        {"key_len", {3, 12}}, {"lse", {1}}}},
+      {"affine-error-given-without-beta", {{"policy", {14}}, {"beta_mode", {2}}}},
+      {"affine-error-beta-with-zero-mode", {{"policy", {14}}, {"af_beta", {1}}}},
+      {"affine-error-alpha-nan", {{"policy", {14}}, {"af_alpha", {6}}}},
+      {"affine-error-beta-above-2-pow-32", {{"policy", {14}}, {"beta_mode", {2}}, {"af_beta", {4}}, {"af_beta_bad", {3}}}},
+      {"affine-error-beta-mode-7", {{"policy", {14}}, {"beta_mode", {3}}}},
+      // gaussian_adaptive (policy 15, policy_more 0)
+      {"gaussian-adaptive-dim", {{"policy", {15}}, {"policy_more", {0}}}},
+      {"gaussian-adaptive-seq-chunks-gaussians",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {1}}, {"ga_n", {11}}, {"ga_chunks", {2}}, {"ga_gaussians", {2}},
+        {"ga_offsets", {2}}, {"ga_scales", {2}}}},
+      {"gaussian-adaptive-dim-residual-biased-f16",
+       {{"policy", {15}}, {"policy_more", {0}}, {"dv_kind", {5}}, {"ga_chunks", {3}}, {"unbiased", {0}}, {"residual", {1}},
+        {"ga_offsets", {3}}, {"ga_scales", {2}}, {"types", {2}}}},
+      {"gaussian-adaptive-seq-bf16-odd-dim",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {1}}, {"ga_n", {8}}, {"dv_kind", {7}}, {"types", {1}}, {"threads", {2}}}},
+      {"gaussian-adaptive-seq-mixed-types-strided",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {1}}, {"ga_n", {9}}, {"types", {3}}, {"layout_v", {3}},
+        {"perm_v", {5}}, {"pad_v", {1, 0, 1, 2}}, {"layout_out", {1}}}},
+      {"gaussian-adaptive-constant-eps-0", {{"policy", {15}}, {"policy_more", {0}}, {"ga_eps", {1}}, {"vals_v", {3}}, {"x_v", {0}}}},
+      {"gaussian-adaptive-extreme-values-sharp",
+       {{"policy", {15}}, {"policy_more", {0}}, {"dv_kind", {4}}, {"vals_v", {4}}, {"ga_scales", {5}}, {"ga_offsets", {4}}}},
+      {"gaussian-adaptive-values-1e20-halves",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {1}}, {"vals_v", {6}}, {"x_v", {5}}, {"ga_eps", {4}}}},
+      {"gaussian-adaptive-gaussians-2-pow-62-empty",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_gaussians", {5}}, {"batch", {0}}}},
+      {"gaussian-adaptive-error-gqa", {{"policy", {15}}, {"policy_more", {0}}, {"kv_heads", {1}}, {"group", {1}}}},
+      {"gaussian-adaptive-error-seq-mismatch", {{"policy", {15}}, {"policy_more", {0}}, {"ga_seq_fault", {1}}}},
+      {"gaussian-adaptive-error-chunks-above-axis", {{"policy", {15}}, {"policy_more", {0}}, {"ga_chunks", {6}}}},
+      {"gaussian-adaptive-error-unbiased-chunk-length-1", {{"policy", {15}}, {"policy_more", {0}}, {"ga_chunks", {5}}}},
+      {"gaussian-adaptive-chunks-2-pow-31-minus-1-empty-seq",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {1}}, {"ga_n", {1}}, {"ga_chunks", {9}}}},
+      {"gaussian-adaptive-error-gaussians-0", {{"policy", {15}}, {"policy_more", {0}}, {"ga_gaussians", {7}}}},
+      {"gaussian-adaptive-error-chunks-times-gaussians-overflows",
+       {{"policy", {15}}, {"policy_more", {0}}, {"ga_chunks", {1}}, {"ga_gaussians", {6}}}},
+      {"gaussian-adaptive-error-params-above-2-pow-54", {{"policy", {15}}, {"policy_more", {0}}, {"ga_gaussians", {5}}, {"ga_offsets", {1}}}},
+      {"gaussian-adaptive-error-scale-0", {{"policy", {15}}, {"policy_more", {0}}, {"ga_scales", {7}}}},
+      {"gaussian-adaptive-error-scale-minus-0", {{"policy", {15}}, {"policy_more", {0}}, {"ga_scales", {11}}}},
+      {"gaussian-adaptive-error-offset-nan", {{"policy", {15}}, {"policy_more", {0}}, {"ga_offsets", {6}}}},
+      {"gaussian-adaptive-error-eps-negative", {{"policy", {15}}, {"policy_more", {0}}, {"ga_eps", {6}}}},
+      {"gaussian-adaptive-error-axis-5", {{"policy", {15}}, {"policy_more", {0}}, {"ga_axis", {2}}}},
+      // local_linear (policy 15, policy_more 1)
+      {"local-linear", {{"policy", {15}}, {"policy_more", {1}}, {"lse", {1}}}},
+      {"local-linear-causal-gqa-ridge-1",
+       {{"policy", {15}}, {"policy_more", {1}}, {"ridge", {2}}, {"causal", {1}}, {"kv_heads", {1}}, {"group", {1}}, {"n", {24}}, {"lse", {1}}}},
+      {"local-linear-ridge-0-fewer-keys-than-dim", {{"policy", {15}}, {"policy_more", {1}}, {"ridge", {1}}, {"n", {3}}, {"lse", {1}}}},
+      {"local-linear-window-varlen-f16",
+       {{"policy", {15}}, {"policy_more", {1}}, {"window_left", {1}}, {"window_left_n", {2}}, {"batch", {2}}, {"n", {20}},
+        {"key_lens", {1}}, {"key_len", {9, 20}}, {"types", {1}}}},
+      {"local-linear-ridge-flt-max", {{"policy", {15}}, {"policy_more", {1}}, {"ridge", {6}}, {"lse", {1}}}},
+      {"local-linear-nq-gt-nk-causal-threads-2",
+       {{"policy", {15}}, {"policy_more", {1}}, {"seq_mode", {1}}, {"nq", {20}}, {"nk", {5}}, {"causal", {1}}, {"threads", {2}}, {"lse", {1}}}},
+      {"local-linear-error-ridge-negative", {{"policy", {15}}, {"policy_more", {1}}, {"ridge", {9}}}},
+      {"local-linear-error-ridge-nan", {{"policy", {15}}, {"policy_more", {1}}, {"ridge", {10}}}},
       // merge_states
       {"merge-states", {{"policy", {7}}}},
       {"merge-states-minus-inf", {{"policy", {7}}, {"m_lse_a", {2}}, {"m_lse_b", {1}}}},

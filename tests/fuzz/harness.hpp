@@ -195,6 +195,16 @@ struct logit_facts {
   /// Their work: the reference's per (query, key) pair, the fast path's per token (features,
   /// state or FFT columns); 0: softmax's D + Dv per pair.
   double work_per_pair = 0, work_per_token = 0;
+  /// With feature_sums: the largest |v| compared (GAAM's weights do not depend on the values'
+  /// scale, so it is compared up to 1e30).
+  double feature_value_max = 10;
+  /// Equal scores need not give equal weights: the policy adds a bias of its own per key
+  /// (probabilistic) or re-weights against a threshold (softplus): no exact-ties comparison.
+  bool inexact_ties = false;
+  /// Outputs that are a softmax-like result times up to out_gain plus sums of values
+  /// (affine_scaled: alpha_i out_i + beta_i sum_j v_j): the output tolerance is multiplied by
+  /// out_gain, and out_extra (1 + max |v|) is added for the rounding of the value sums.
+  double out_gain = 1, out_extra = 0;
 };
 
 struct callbacks;
@@ -524,6 +534,40 @@ problem decode_problem(fuzz_case& c, const seq_rule& rule);
 /// Decoders of policy fields shared by several policies.
 float decode_scale(fuzz_case& c);
 
+/// softmax's fields, shared by the policies built on its masks (probabilistic, softplus,
+/// affine_scaled, local_linear): decode_softmax_fields (policies_softmax.cpp) takes them in
+/// decode_softmax's order: scale, causal, window_left, window_right, then with `scores` the
+/// soft-cap and ALiBi slopes (filling c.lf's ALiBi facts), then key_lens and query_lens.
+struct softmax_fields {
+  float scale = 0;
+  bool causal = false;
+  index_t window_left = -1, window_right = -1;
+  float softcap = 0;
+  int alibi = 0;                    ///< decision alibi (0: none)
+  std::vector<float> slopes;        ///< one per query head when alibi != 0
+  std::vector<std::int32_t> key_lens, query_lens;  ///< empty: null
+  std::string text;                 ///< "scale=..., causal=..., ..., query_lens=[...]"
+
+  /// Sets scale, causal, windows and lengths of a policy (pointers into this object).
+  template <class P>
+  void set_masks(P& p) const {
+    p.scale = scale;
+    p.causal = causal;
+    p.window_left = window_left;
+    p.window_right = window_right;
+    p.key_lens = key_lens.empty() ? nullptr : key_lens.data();
+    p.query_lens = query_lens.empty() ? nullptr : query_lens.data();
+  }
+  /// Sets softcap and alibi_slopes too.
+  template <class P>
+  void set_all(P& p) const {
+    set_masks(p);
+    p.softcap = softcap;
+    p.alibi_slopes = alibi != 0 ? slopes.data() : nullptr;
+  }
+};
+softmax_fields decode_softmax_fields(fuzz_case& c, const problem& pb, bool scores);
+
 /// A policy field from table[i] (decision `name`); entries at or after `first_bad` are faults.
 inline index_t pick_field(fuzz_case& c, const char* name, std::initializer_list<index_t> table, std::size_t first_bad) {
   const std::size_t i = static_cast<std::size_t>(c.r.take(name, table.size(), 0));
@@ -838,10 +882,11 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   const bool valid = c.faults.empty() && c.unsure.empty();
   const bool moderate_in = finite_in && qs.max_abs <= 10 && ks.max_abs <= 10 && vst.max_abs <= 10;
   const bool features_moderate = finite_in && qs.max_abs <= lf.feature_input_max && ks.max_abs <= lf.feature_input_max &&
-                                 vst.max_abs <= 10;
+                                 vst.max_abs <= lf.feature_value_max;
   const bool tight = valid && (lf.feature_sums ? features_moderate
                                                : moderate_in && scale_eff <= 8 && (!lf.alibi || lf.slope_max <= 8));
-  const bool ties = valid && finite_in && qs.constant && ks.constant && !lf.alibi_nonzero && !lf.score && !lf.feature_sums;
+  const bool ties = valid && finite_in && qs.constant && ks.constant && !lf.alibi_nonzero && !lf.score && !lf.feature_sums &&
+                   !lf.inexact_ties;
   const bool alibi_dominant = valid && finite_in && lf.alibi && lf.slopes_equal && std::fabs(lf.slope_value) >= 1e30 &&
                               qs.max_abs <= 10 && ks.max_abs <= 10 && scale_eff <= 8;
   const bool nan_check = valid && finite_in && !(lf.score && smax > 1e37);
@@ -869,6 +914,7 @@ void run_typed(fuzz_case& c, const Policy& p, const problem& pb) {
   if (lf.feature_sums && tight) out_atol = lf.feature_tol * (1 + vmax), lse_atol = 10 * lf.feature_tol, lse_rtol = 1e-5;
   if (bf16_path) out_atol += 8e-3 * vmax, lse_atol += 8e-3;
   if (std::is_same_v<O, f16>) out_atol += 1e-7;
+  out_atol = out_atol * lf.out_gain + lf.out_extra * (1 + vmax);
 
   // The runs.
   auto call = [&](const memory& m, bool reference, int nthreads) {
@@ -1043,6 +1089,11 @@ void decode_hip(fuzz_case& c);
 void decode_routing(fuzz_case& c);
 void decode_linear(fuzz_case& c);
 void decode_kernelized_rpe(fuzz_case& c);
+void decode_probabilistic(fuzz_case& c);
+void decode_softplus(fuzz_case& c);
+void decode_affine_scaled(fuzz_case& c);
+void decode_gaussian_adaptive(fuzz_case& c);
+void decode_local_linear(fuzz_case& c);
 
 /// Decodes and runs one case; false when the input is skipped (an unused policy slot, or over
 /// the harness's budget).

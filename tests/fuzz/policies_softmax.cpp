@@ -1,6 +1,7 @@
 /// \file
 /// Fuzz decoder of attnkit::softmax: scale, causal, windows, soft-cap, ALiBi slopes, variable
-/// key and query lengths (tests/fuzz/harness.hpp).
+/// key and query lengths (tests/fuzz/harness.hpp). decode_softmax_fields decodes those fields
+/// for the other policies built on softmax's masks too (policies_probabilistic.cpp).
 #include "harness.hpp"
 
 namespace attnkit_fuzz {
@@ -79,72 +80,79 @@ std::vector<std::int32_t> decode_lens(fuzz_case& c, const char* mode_name, const
 
 }  // namespace
 
-void decode_softmax(fuzz_case& c) {
+softmax_fields decode_softmax_fields(fuzz_case& c, const problem& pb, bool scores) {
   reader& r = c.r;
-  const problem pb = decode_problem(c, {});
-  attnkit::softmax p;
-  p.scale = decode_scale(c);
-  p.causal = r.flag("causal");
-  p.window_left = decode_window(c, "window_left", "window_left_n", pb.Nk);
-  p.window_right = decode_window(c, "window_right", "window_right_n", pb.Nk);
-  p.softcap = decode_softcap(c);
+  softmax_fields f;
+  f.scale = decode_scale(c);
+  f.causal = r.flag("causal");
+  f.window_left = decode_window(c, "window_left", "window_left_n", pb.Nk);
+  f.window_right = decode_window(c, "window_right", "window_right_n", pb.Nk);
+  std::ostringstream s;
+  s << "scale=" << fmt(double(f.scale)) << ", causal=" << f.causal << ", window_left=" << f.window_left
+    << ", window_right=" << f.window_right;
 
-  // ALiBi slopes, one per query head (q.heads() of the problem, faults included).
-  const index_t heads = pb.ext[0][1];
-  std::vector<float> slopes;
-  const int alibi = static_cast<int>(r.take("alibi", 6, 0));
-  static const char* const alibi_names[6] = {"none", "standard", "per head in [-8, 8)", "all X", "one bad head",
-                                             "standard, negated"};
-  float x_slope = 0;
-  if (alibi != 0) {
-    const std::size_t count = static_cast<std::size_t>(std::clamp<index_t>(heads, 1, 65536));
-    slopes.assign(count, 0.f);
-    if (alibi == 1 || alibi == 5) {
-      const std::vector<float> s = attnkit::alibi_slopes(static_cast<index_t>(count));
-      for (std::size_t h = 0; h < count; ++h) slopes[h] = alibi == 1 ? s[h] : -s[h];
-    } else if (alibi == 3) {
-      static const float xs[10] = {1e30f, -1e38f, 0x1p127f, -0x1p127f, 3e38f, -1e30f, f_nan, f_inf, 0.f, 8.f};
-      x_slope = pick(r, "slope_x", xs, 0);
-      for (float& s : slopes) s = x_slope;
-      if (!std::isfinite(x_slope) || std::fabs(x_slope) > pow2_127)
-        c.fault("alibi_slopes all " + fmt(double(x_slope)) + " (expected finite, |slope| <= 2^127)");
-    } else {
-      for (std::size_t h = 0; h < count; ++h)
-        slopes[h] = h < 64 ? (static_cast<float>(r.take("slope", 256, 136)) - 128.f) / 16.f : slopes[h % 64];
-      if (alibi == 4) {
-        static const float bad[4] = {f_nan, f_inf, 3e38f, -f_inf};
-        const float x = pick(r, "slope_bad", bad, 0);
-        const std::size_t at = static_cast<std::size_t>(r.take("slope_bad_head", 64, 0)) % count;
-        slopes[at] = x;
-        if (heads >= 1 && static_cast<index_t>(at) < heads) c.fault("alibi_slopes[" + std::to_string(at) + "] = " + fmt(double(x)));
+  if (scores) {
+    f.softcap = decode_softcap(c);
+    // ALiBi slopes, one per query head (q.heads() of the problem, faults included).
+    const index_t heads = pb.ext[0][1];
+    std::vector<float>& slopes = f.slopes;
+    const int alibi = static_cast<int>(r.take("alibi", 6, 0));
+    f.alibi = alibi;
+    static const char* const alibi_names[6] = {"none", "standard", "per head in [-8, 8)", "all X", "one bad head",
+                                               "standard, negated"};
+    float x_slope = 0;
+    if (alibi != 0) {
+      const std::size_t count = static_cast<std::size_t>(std::clamp<index_t>(heads, 1, 65536));
+      slopes.assign(count, 0.f);
+      if (alibi == 1 || alibi == 5) {
+        const std::vector<float> sl = attnkit::alibi_slopes(static_cast<index_t>(count));
+        for (std::size_t h = 0; h < count; ++h) slopes[h] = alibi == 1 ? sl[h] : -sl[h];
+      } else if (alibi == 3) {
+        static const float xs[10] = {1e30f, -1e38f, 0x1p127f, -0x1p127f, 3e38f, -1e30f, f_nan, f_inf, 0.f, 8.f};
+        x_slope = pick(r, "slope_x", xs, 0);
+        for (float& sl : slopes) sl = x_slope;
+        if (!std::isfinite(x_slope) || std::fabs(x_slope) > pow2_127)
+          c.fault("alibi_slopes all " + fmt(double(x_slope)) + " (expected finite, |slope| <= 2^127)");
+      } else {
+        for (std::size_t h = 0; h < count; ++h)
+          slopes[h] = h < 64 ? (static_cast<float>(r.take("slope", 256, 136)) - 128.f) / 16.f : slopes[h % 64];
+        if (alibi == 4) {
+          static const float bad[4] = {f_nan, f_inf, 3e38f, -f_inf};
+          const float x = pick(r, "slope_bad", bad, 0);
+          const std::size_t at = static_cast<std::size_t>(r.take("slope_bad_head", 64, 0)) % count;
+          slopes[at] = x;
+          if (heads >= 1 && static_cast<index_t>(at) < heads) c.fault("alibi_slopes[" + std::to_string(at) + "] = " + fmt(double(x)));
+        }
+      }
+      c.lf.alibi = true;
+      c.lf.slopes_equal = true;
+      c.lf.slope_value = slopes[0];
+      for (std::size_t h = 0; h < static_cast<std::size_t>(std::clamp<index_t>(heads, 0, 65536)); ++h) {
+        c.lf.alibi_nonzero = c.lf.alibi_nonzero || slopes[h] != 0;
+        c.lf.slope_max = std::max(c.lf.slope_max, std::fabs(double(slopes[h])));
+        c.lf.slopes_equal = c.lf.slopes_equal && slopes[h] == slopes[0];
       }
     }
-    p.alibi_slopes = slopes.data();
-    c.lf.alibi = true;
-    c.lf.slopes_equal = true;
-    c.lf.slope_value = slopes[0];
-    for (std::size_t h = 0; h < static_cast<std::size_t>(std::clamp<index_t>(heads, 0, 65536)); ++h) {
-      c.lf.alibi_nonzero = c.lf.alibi_nonzero || slopes[h] != 0;
-      c.lf.slope_max = std::max(c.lf.slope_max, std::fabs(double(slopes[h])));
-      c.lf.slopes_equal = c.lf.slopes_equal && slopes[h] == slopes[0];
-    }
+    s << ", softcap=" << fmt(double(f.softcap)) << ", alibi=" << alibi_names[alibi];
+    if (alibi != 0) s << " (slope[0]=" << fmt(double(slopes[0])) << ")";
   }
 
   std::string key_text, query_text;
-  const std::vector<std::int32_t> key_lens = decode_lens(c, "key_lens", "key_len", "key_len_bad", pb.ext[0][0], pb.ext[1][2], key_text);
-  const std::vector<std::int32_t> query_lens =
-      decode_lens(c, "query_lens", "query_len", "query_len_bad", pb.ext[0][0], pb.ext[0][2], query_text);
-  if (!key_lens.empty()) p.key_lens = key_lens.data();
-  if (!query_lens.empty()) p.query_lens = query_lens.data();
+  f.key_lens = decode_lens(c, "key_lens", "key_len", "key_len_bad", pb.ext[0][0], pb.ext[1][2], key_text);
+  f.query_lens = decode_lens(c, "query_lens", "query_len", "query_len_bad", pb.ext[0][0], pb.ext[0][2], query_text);
+  s << ", key_lens=" << key_text << ", query_lens=" << query_text;
+  f.text = s.str();
+  return f;
+}
 
+void decode_softmax(fuzz_case& c) {
+  const problem pb = decode_problem(c, {});
+  const softmax_fields f = decode_softmax_fields(c, pb, true);
+  attnkit::softmax p;
+  f.set_all(p);
   c.lf.scale = p.scale;
   c.lf.cap = p.softcap;
-  std::ostringstream s;
-  s << "softmax{scale=" << fmt(double(p.scale)) << ", causal=" << p.causal << ", window_left=" << p.window_left
-    << ", window_right=" << p.window_right << ", softcap=" << fmt(double(p.softcap)) << ", alibi=" << alibi_names[alibi];
-  if (alibi != 0) s << " (slope[0]=" << fmt(double(slopes[0])) << ")";
-  s << ", key_lens=" << key_text << ", query_lens=" << query_text << "}";
-  c.policy = s.str();
+  c.policy = "softmax{" + f.text + "}";
   run_policy(c, p, pb, type_set::softmax);
 }
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../core/arena.hpp"
@@ -133,6 +134,54 @@ void for_each_chunk(const Plan& plan, typename G::rows& t, index_t b, index_t kb
   });
 }
 
+/// What a plan may add (flash_plan.hpp): softmax's score steps, per-chunk score steps, and a
+/// finishing step on each output row.
+template <class Plan, class = void>
+struct has_softmax_scores : std::false_type {};
+template <class Plan>
+struct has_softmax_scores<Plan, std::enable_if_t<Plan::softmax_scores>> : std::true_type {};
+template <class Plan, class = void>
+struct has_score_steps : std::false_type {};
+template <class Plan>
+struct has_score_steps<Plan, std::enable_if_t<Plan::score_steps>> : std::true_type {};
+template <class Plan, class = void>
+struct may_skip_values : std::false_type {};
+template <class Plan>
+struct may_skip_values<Plan, std::void_t<decltype(std::declval<const Plan&>().lse_only())>> : std::true_type {};
+template <class Plan, class = void>
+struct finishes_rows : std::false_type {};
+template <class Plan>
+struct finishes_rows<Plan, std::enable_if_t<Plan::finishes_rows>> : std::true_type {};
+
+/// The softmax normaliser, the score step of every plan without steps of its own: scores are
+/// base-2 log-weights as they are. A step may instead transform each score (`transforms`,
+/// transform(x, n, j) for the rows of vector n and key j of the chunk, before masking), say
+/// what log-weight a chunk's largest stored score has (log_weight), and compute the weights of
+/// a row vector relative to the running log-weight m, in place (weights, returning their sum).
+struct softmax_step {
+  static constexpr bool transforms = false;
+  template <class V>
+  V transform(V x, int, int) const {
+    return x;
+  }
+  template <class V>
+  V log_weight(V chunk_max, int) const {
+    return chunk_max;
+  }
+  template <class G>
+  ATTNKIT_ALWAYS_INLINE typename G::V weights(float* s, int nkeys, int lane0, typename G::V m, int) const {
+    using V = typename G::V;
+    V sum(0.f);
+    for (int j = 0; j < nkeys; ++j) {
+      float* sj = s + j * G::Br + lane0;
+      const V p = simd::exp2<typename G::arch>(V::load_aligned(sj) - m);
+      p.store_aligned(sj);
+      sum += p;
+    }
+    return sum;
+  }
+};
+
 /// Total keys in the runs of tile t (the length of its key sequence).
 template <class G, class Plan>
 index_t tile_keys(const Plan& plan, typename G::rows& t, index_t b) {
@@ -162,12 +211,12 @@ bool apply_token_callables(const Plan& plan, const typename G::rows& t, index_t 
 }
 
 /// One online-softmax step over a chunk whose scores s[j][row] (base 2) are computed:
-/// transform, lowest score (TrackLow: scores no callable has masked; before soft-capping, the
-/// lowest -|score|), mask (partial chunks only), new running max, exponentials in place,
-/// rescale.
-template <class G, bool Cap, bool Alibi, bool Mask, bool TrackLow>
+/// soft-cap and ALiBi, lowest score (TrackLow: scores no callable has masked; before
+/// soft-capping, the lowest -|score|), the plan's score step, mask (partial chunks only), new
+/// running max, weights in place, rescale.
+template <class G, bool Cap, bool Alibi, bool Mask, bool TrackLow, class Step>
 ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename G::rows& t, const chunk& c,
-                                               float* s, running<G>& st, float* ot) {
+                                               float* s, running<G>& st, float* ot, const Step& step) {
   typename G::V* m = st.m;
   typename G::V* l = st.l;
   using V = typename G::V;
@@ -175,7 +224,7 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
   const int nkeys = c.nkeys;
   ATTNKIT_UNROLL for (int n = 0; n < G::NR; ++n) {
     const int lane0 = n * G::W;
-    V mx = m[n], low = st.low[n];
+    V chunk_max(neg_inf), low = st.low[n];
     [[maybe_unused]] const IV lo = IV::load_aligned(t.lo + lane0), hi = IV::load_aligned(t.hi + lane0);
     [[maybe_unused]] const V pos = V::load_aligned(t.pos + lane0), slope = V::load_aligned(t.slope2 + lane0);
     [[maybe_unused]] const V cap(pb.cap2), inv_cap(Cap ? 1.f / pb.cap2 : 0.f);
@@ -191,24 +240,20 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
       }
       if constexpr (Alibi) x = xsimd::fnma(slope, xsimd::abs(pos - V(static_cast<float>(c.key0 + j * c.step))), x);
       if constexpr (TrackLow && (Alibi || !Cap)) low = xsimd::min(low, x);
+      if constexpr (Step::transforms) x = step.transform(x, n, j);
       if constexpr (Mask) {
         const IV jv(static_cast<std::int32_t>(c.pos0 + j));
         const auto visible = (jv >= lo) & (jv <= hi);
         x = xsimd::select(xsimd::bool_cast(visible), x, V(neg_inf));
       }
-      if constexpr (G::bf16_dot || Cap || Alibi || Mask) x.store_aligned(sj);
-      mx = xsimd::max(mx, x);
+      if constexpr (G::bf16_dot || Cap || Alibi || Mask || Step::transforms) x.store_aligned(sj);
+      chunk_max = xsimd::max(chunk_max, x);
     }
+    const V mx = xsimd::max(m[n], step.log_weight(chunk_max, n));
     // FA2's guard: a row with nothing visible yet keeps max -inf; use 0 so -inf - -inf never occurs.
     const V m_use = xsimd::select(mx == V(neg_inf), V(0.f), mx);
     const V alpha = simd::exp2<typename G::arch>(m[n] - m_use);
-    V sum(0.f);
-    for (int j = 0; j < nkeys; ++j) {
-      float* sj = s + j * G::Br + lane0;
-      const V p = simd::exp2<typename G::arch>(V::load_aligned(sj) - m_use);
-      p.store_aligned(sj);
-      sum += p;
-    }
+    const V sum = step.template weights<G>(s, nkeys, lane0, m_use, n);
     l[n] = xsimd::fma(l[n], alpha, sum);
     m[n] = mx;
     st.low[n] = low;
@@ -228,7 +273,8 @@ ATTNKIT_ALWAYS_INLINE void online_softmax_step(const problem& pb, const typename
   }
 }
 
-/// The masking and softmax of one chunk: token callables, then spans on partial chunks.
+/// The masking and softmax of one chunk: token callables, then spans on partial chunks, with
+/// the plan's score step for the chunk.
 template <class G, bool Cap, bool Alibi, class Plan>
 ATTNKIT_ALWAYS_INLINE void softmax_chunk(const Plan& plan, const problem& pb, const typename G::rows& t, index_t b,
                                          const chunk& c, float* s, running<G>& st, float* ot) {
@@ -236,13 +282,19 @@ ATTNKIT_ALWAYS_INLINE void softmax_chunk(const Plan& plan, const problem& pb, co
     // keep() writes -inf and score() may return it: the callables check the raw scores.
     if (c.token_mask || Plan::has_score) {
       st.raw_nonfinite = apply_token_callables<G>(plan, t, b, c, s) || st.raw_nonfinite;
-      return online_softmax_step<G, Cap, Alibi, false, false>(pb, t, c, s, st, ot);
+      return online_softmax_step<G, Cap, Alibi, false, false>(pb, t, c, s, st, ot, softmax_step{});
     }
   }
-  if (c.partial)
-    online_softmax_step<G, Cap, Alibi, true, true>(pb, t, c, s, st, ot);
+  const auto with = [&](const auto& step) {
+    if (c.partial)
+      online_softmax_step<G, Cap, Alibi, true, true>(pb, t, c, s, st, ot, step);
+    else
+      online_softmax_step<G, Cap, Alibi, false, true>(pb, t, c, s, st, ot, step);
+  };
+  if constexpr (has_score_steps<Plan>::value)
+    plan.template with_step<G>(t, b, c, with);
   else
-    online_softmax_step<G, Cap, Alibi, false, true>(pb, t, c, s, st, ot);
+    with(softmax_step{});
 }
 
 /// Scratch of one worker, carved from its arena: packed Q, the output accumulator, the score
@@ -327,6 +379,8 @@ void process_tile(const Plan& plan, const problem& pb, typename G::rows& t, cons
       simd::qk_rows_tile<simd::wide_arch, G::Br>(sc.qt, kp, ks, pb.d, c.nkeys, sc.s, rows_of(v, b, hkv, c.key0, c.step));
     }
     softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, c, sc.s, st, sc.ot);
+    if constexpr (may_skip_values<Plan>::value)
+      if (plan.lse_only()) return;  // a pass that wants the log-sum-exp alone: no p.v
     const float* vp = float_rows(v, b, hkv, c.key0, c.step, c.nkeys, sc.vbuf, vs);
     if constexpr (G::rows_in_lanes)
       simd::pv_tile<G>(sc.s, c.nkeys, vp, vs, pb.dv, sc.ot, rows_of(k, b, hkv, c.key0 + c.nkeys * c.step, c.step),
@@ -377,6 +431,8 @@ void process_tile_bf16(const Plan& plan, const problem& pb, typename G::rows& t,
     }
     simd::bf16dot::qk_tile<G>(qt, kp, ks, pairs, ch.nkeys, sc.s);
     softmax_chunk<G, Cap, Alibi>(plan, pb, t, b, ch, sc.s, st, sc.ot);
+    if constexpr (may_skip_values<Plan>::value)
+      if (plan.lse_only()) return;
     simd::bf16dot::pack_probabilities<G>(sc.s, ch.nkeys, pp);
     for (int j = 0; j < ch.nkeys; j += 2) {
       const bf16* v0 = v.row(b, hkv, ch.key0 + j * ch.step);
@@ -437,8 +493,8 @@ bool needs_exact(const problem& pb, const typename G::rows& t, const running<G>&
 
 /// The rows of tile t over keys [kbeg, kend) of its key sequence, in double precision and
 /// straight from the definition (spec "Reference algorithm", the online form): the path of
-/// tiles for which float fell short (needs_exact). Calls write(r, out row, natural lse) for
-/// each row; a row with no visible key gets zeros and -inf.
+/// tiles for which float fell short (needs_exact). Calls write(r, out row (double*, Dv), natural
+/// lse) for each row; a row with no visible key gets zeros and -inf.
 template <class G, class Plan, class Q, class K, class Vt, class Write>
 void run_exact(const Plan& plan, const problem& pb, typename G::rows& t, const tensor_view<const Q>& q,
                const tensor_view<const K>& k, const tensor_view<const Vt>& v, index_t b, index_t hkv, index_t kbeg,
@@ -487,7 +543,7 @@ void run_exact(const Plan& plan, const problem& pb, typename G::rows& t, const t
     double* row = acc.data() + r * dv;
     const bool seen = t.live[r] && l[r] != 0;
     for (std::size_t e = 0; e < dv; ++e) row[e] = seen ? row[e] / l[r] : 0.0;
-    write(static_cast<int>(r), static_cast<const double*>(row), seen ? m[r] + std::log(l[r]) : minus_inf);
+    write(static_cast<int>(r), row, seen ? m[r] + std::log(l[r]) : minus_inf);
   }
 }
 
@@ -528,7 +584,8 @@ void write_tile(const Plan& plan, const problem& pb, typename G::rows& t, const 
     return o.lse[(b * pb.q_heads + tr.head[r]) * pb.nq + tr.query[r]];
   };
   if (needs_exact<G>(pb, t, st, sc.ot)) {
-    return run_exact<G>(plan, pb, t, q, k, v, b, hkv, kbeg, kend, [&](int r, const double* row, double lse) {
+    return run_exact<G>(plan, pb, t, q, k, v, b, hkv, kbeg, kend, [&](int r, double* row, double lse) {
+      if constexpr (finishes_rows<Plan>::value) plan.finish(b, t.head[r], t.query[r], row);
       for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(row[c]));
       if (o.lse) lse_at(t, r) = static_cast<float>(lse);
     });
@@ -536,6 +593,20 @@ void write_tile(const Plan& plan, const problem& pb, typename G::rows& t, const 
   alignas(64) float mr[G::Br], lr[G::Br];
   ATTNKIT_UNROLL for (int i = 0; i < G::NR; ++i) st.m[i].store_aligned(mr + i * G::W), st.l[i].store_aligned(lr + i * G::W);
   const auto seen = [&](int r) { return r < t.rows && t.live[r] && lr[r] != 0.f; };
+  if constexpr (finishes_rows<Plan>::value) {
+    // The plan finishes each normalised row (in sc.vbuf, free once the tile is done) before it
+    // is stored.
+    for (int r = 0; r < t.rows; ++r) {
+      const float* src = G::rows_in_lanes ? sc.ot + r : sc.ot + r * pb.dv;
+      const index_t src_stride = G::rows_in_lanes ? G::Br : 1;
+      const float inv = seen(r) ? 1.f / lr[r] : 0.f;
+      for (index_t c = 0; c < pb.dv; ++c) sc.vbuf[c] = seen(r) ? src[c * src_stride] * inv : 0.f;
+      plan.finish(b, t.head[r], t.query[r], sc.vbuf);
+      for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(sc.vbuf[c]);
+      if (o.lse) lse_at(t, r) = seen(r) ? (mr[r] + std::log2(lr[r])) * ln2 : neg_inf;
+    }
+    return;
+  }
   // A row that saw nothing is written as exact zeros, whatever (NaN) its lanes accumulated.
   const bool transposed = write_rows_in_registers<G>(pb, t, out, b, sc.ot, lr, seen);
   for (int r = 0; r < t.rows; ++r) {
@@ -606,7 +677,8 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
   // Split tiles whose float work fell short, marked per slot (each item writes its own); the
   // merge recomputes them exactly over all their keys.
   std::vector<char> slot_exact(splits > 1 ? static_cast<std::size_t>(groups * tiles * splits) : 0, 0);
-  const auto write_exact = [&](index_t b, const typename G::rows& t, int r, const double* row, double lse) {
+  const auto write_exact = [&](index_t b, const typename G::rows& t, int r, double* row, double lse) {
+    if constexpr (finishes_rows<Plan>::value) plan.finish(b, t.head[r], t.query[r], row);
     for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(row[c]));
     if (o.lse) o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] = static_cast<float>(lse);
   };
@@ -651,7 +723,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
     const auto first_slot = slot_exact.begin() + gt * splits;
     if (std::find(first_slot, first_slot + splits, 1) != first_slot + splits) {
       return run_exact<G>(plan, pb, t, q, k, v, b, hkv, 0, lengths[static_cast<std::size_t>(gt)],
-                          [&](int r, const double* row, double lse) { write_exact(b, t, r, row, lse); });
+                          [&](int r, double* row, double lse) { write_exact(b, t, r, row, lse); });
     }
     scratch_lease lease;
     double* merged = static_cast<double*>(lease.reserve(static_cast<std::size_t>(pb.dv) * sizeof(double)));
@@ -675,6 +747,7 @@ void run_tiles(const Plan& plan, const problem& pb, const tensor_view<const Q>& 
           for (index_t d = 0; d < pb.dv; ++d) merged[d] += wgt * src[d];
         }
       }
+      if constexpr (finishes_rows<Plan>::value) plan.finish(b, t.head[r], t.query[r], merged);
       for (index_t c = 0; c < pb.dv; ++c) out(b, t.head[r], t.query[r], c) = from_float<O>(static_cast<float>(merged[c]));
       if (o.lse)
         o.lse[(b * pb.q_heads + t.head[r]) * pb.nq + t.query[r]] =
@@ -687,7 +760,7 @@ template <class G, class Policy, class Q, class K, class Vt, class O>
 void run_geometry(const Policy& p, const problem& pb, const tensor_view<const Q>& q, const tensor_view<const K>& k,
                   const tensor_view<const Vt>& v, const tensor_view<O>& out, const options& o) {
   const flash_plan<Policy> plan(p, pb, G::Br);
-  if constexpr (std::is_same_v<Policy, softmax>) {  // only softmax has soft-capping and ALiBi
+  if constexpr (has_softmax_scores<flash_plan<Policy>>::value) {  // soft-capping and ALiBi
     const bool cap = pb.cap2 > 0, alibi = pb.slopes != nullptr;
     if (cap && alibi) return run_tiles<G, true, true>(plan, pb, q, k, v, out, o);
     if (cap) return run_tiles<G, true, false>(plan, pb, q, k, v, out, o);
@@ -732,13 +805,14 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
   pb.scale2 = pb.scale * log2e;
   pb.softcap = pb.cap2 = 0;
   pb.slopes = nullptr;
-  if constexpr (std::is_same_v<Policy, softmax>) {
-    pb.softcap = p.softcap;
-    pb.cap2 = p.softcap * log2e;
-    pb.slopes = p.alibi_slopes;
+  using plan_t = flash_plan<Policy>;
+  if constexpr (has_softmax_scores<plan_t>::value) {
+    const softmax fields = plan_t::fields(p);
+    pb.softcap = fields.softcap;
+    pb.cap2 = fields.softcap * log2e;
+    pb.slopes = fields.alibi_slopes;
   }
   if (pb.batch == 0 || pb.nq == 0) return;
-  using plan_t = flash_plan<Policy>;
   // Rows that share one K/V stream: few of them (decode) run along the head dimension.
   const index_t rows = plan_t::packs_gqa ? pb.rows_per_group : pb.nq;
   using few_rows = geometry<simd::narrow_arch, 1, false>;
@@ -760,7 +834,7 @@ void run(const Policy& p, const tensor_view<const Q>& q, const tensor_view<const
         const auto qf = widened(q, copies, o.threads);
         const auto kf = widened(k, copies + q.size(), o.threads);
         const auto vf = widened(v, copies + q.size() + k.size(), o.threads);
-        return run(p, qf, kf, vf, out, o);
+        return flash::run(p, qf, kf, vf, out, o);  // qualified: no ADL into detail::run
       }
     }
   }

@@ -15,6 +15,15 @@
 ///   void describe(b, hkv, tile, tile_rows<Br>&) const      the tile's rows
 ///   void for_each_run(b, tile_rows<Br>&, f) const    for each run: writes the rows' spans into
 ///                                                    lo/hi, then calls f(const key_run&)
+/// and optionally (detected, see flash.hpp):
+///   static constexpr bool softmax_scores             scores take softmax's soft-cap and ALiBi steps;
+///                                                    static softmax fields(const Policy&) gives them
+///   static constexpr bool score_steps                with_step<G>(t, b, chunk, f) calls f(step) with
+///                                                    the chunk's score step (bias, normaliser)
+///   static constexpr bool finishes_rows              finish(b, h, i, row) changes each normalised
+///                                                    output row before it is stored
+///   bool lse_only() const                            true: the call wants the log-sum-exp alone
+///                                                    (the outputs are then zeros), p.v is skipped
 #pragma once
 
 #include <algorithm>
@@ -58,6 +67,7 @@ struct tile_rows {
   alignas(64) std::int32_t hi[Br];
   alignas(64) float pos[Br];        // softmax: key-space position of the query (ALiBi distance)
   alignas(64) float slope2[Br];     // softmax: ALiBi slope * log2(e)
+  alignas(64) float param[3][Br];   // plan-defined per-row numbers (score steps' per-row terms)
   std::int32_t aux[6][Br];          // plan-defined per-row data (its spans, its windows)
   index_t head[Br], query[Br];
   bool live[Br];                    // attends to some key (a dead row is written as zeros)
@@ -70,7 +80,10 @@ struct tile_rows {
   }
   void clear() {
     rows = 0;
-    for (int r = 0; r < Br; ++r) lo[r] = 0, hi[r] = -1, pos[r] = 0, slope2[r] = 0, head[r] = 0, query[r] = 0, live[r] = false;
+    for (int r = 0; r < Br; ++r) {
+      lo[r] = 0, hi[r] = -1, pos[r] = 0, slope2[r] = 0, head[r] = 0, query[r] = 0, live[r] = false;
+      param[0][r] = param[1][r] = param[2][r] = 0;
+    }
   }
 };
 

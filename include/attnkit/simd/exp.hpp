@@ -1,5 +1,6 @@
 /// \file
-/// Vectorised 2^x and tanh for the softmax inner loop (not std::exp: ~14 instructions a vector).
+/// Vectorised 2^x, log2, log1p and tanh for the softmax inner loop and the score transforms
+/// (not std::exp: ~14 instructions a vector).
 #pragma once
 
 #include <cstdint>
@@ -65,6 +66,51 @@ ATTNKIT_ALWAYS_INLINE vec<Arch> tanh(vec<Arch> x) {
   p = xsimd::fma(p, x2, V(-1.f / 3.f));
   const V small = xsimd::fma(p * x2, a, a);
   return xsimd::copysign(xsimd::select(a < V(0.125f), small, large), x);
+}
+
+/// log2(1 + f) / f on [sqrt(1/2) - 1, sqrt(2) - 1], highest power first (least-squares
+/// Chebyshev fit, 1.2e-8 relative).
+inline constexpr float log2_1p_over_x[10] = {-1.0877750229e-01f, 1.8392634538e-01f, -1.9042121390e-01f,
+                                             2.0490012813e-01f,  -2.3972571092e-01f, 2.8855568711e-01f,
+                                             -3.6069207733e-01f, 4.8089838104e-01f,  -7.2134739733e-01f,
+                                             1.4426950405e+00f};
+
+/// log2(x) to a few ulp for x > 0 (subnormals too); -inf for 0, +inf for +inf, NaN for x < 0
+/// and NaN. The exponent is split off and the mantissa taken to [sqrt(1/2), sqrt(2)).
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vec<Arch> log2(vec<Arch> x) {
+  using V = vec<Arch>;
+  using IV = ivec<Arch>;
+  const auto subnormal = x < V(0x1p-126f);
+  const V xs = xsimd::select(subnormal, x * V(0x1p24f), x);
+  const IV bits = xsimd::bitwise_cast<IV>(xs);
+  // mantissa in [1, 2) scaled to [sqrt(1/2), sqrt(2)): 0x3f3504f3 is sqrt(1/2)'s bit pattern
+  const IV shifted = bits - IV(0x3f3504f3);
+  const IV exponent = shifted >> 23;  // arithmetic: the unbiased exponent of the scaled mantissa
+  const V m = xsimd::bitwise_cast<V>((shifted & IV(0x007fffff)) + IV(0x3f3504f3));
+  const V f = m - V(1.f);
+  V p = V(log2_1p_over_x[0]);
+  ATTNKIT_UNROLL for (int i = 1; i < 10; ++i) p = xsimd::fma(p, f, V(log2_1p_over_x[i]));
+  const V e = xsimd::to_float(exponent) - xsimd::select(subnormal, V(24.f), V(0.f));
+  V r = xsimd::fma(p, f, e);
+  r = xsimd::select(x == V(0.f), V(-std::numeric_limits<float>::infinity()), r);
+  r = xsimd::select(x == V(std::numeric_limits<float>::infinity()), x, r);
+  return xsimd::select((x < V(0.f)) | xsimd::isnan(x), V(std::numeric_limits<float>::quiet_NaN()), r);
+}
+
+/// log(1 + u) / u on [0, 1], highest power first (least-squares Chebyshev fit, 8e-8 relative).
+inline constexpr float log1p_over_x[9] = {5.1860526466e-03f, -2.9210533634e-02f, 7.7540948460e-02f,
+                                          -1.3584004380e-01f, 1.9055994239e-01f, -2.4825662031e-01f,
+                                          3.3316013173e-01f,  -4.9999256113e-01f, 9.9999992093e-01f};
+
+/// log(1 + u) for u in [0, 1], to a few ulp relative (u * polynomial: exact for tiny u, where
+/// log(1 + u) would round 1 + u to 1).
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vec<Arch> log1p_unit(vec<Arch> u) {
+  using V = vec<Arch>;
+  V p = V(log1p_over_x[0]);
+  ATTNKIT_UNROLL for (int i = 1; i < 9; ++i) p = xsimd::fma(p, u, V(log1p_over_x[i]));
+  return p * u;
 }
 
 }  // namespace attnkit::detail::simd

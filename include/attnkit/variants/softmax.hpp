@@ -76,26 +76,33 @@ inline float effective_scale(float scale, index_t head_dim) {
   return scale != 0 ? scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
 }
 
-/// Checks the policy's own fields (shapes are checked by attention()).
-inline void validate(const softmax& p, index_t batch, index_t q_heads, index_t nq, index_t nk) {
-  validate_scale("softmax", p.scale);
+/// Checks the softmax fields of a policy named `policy` (softmax, and the variants built on
+/// its masks and score steps: probabilistic, softplus, affine_scaled, local_linear).
+inline void validate_softmax_fields(const char* policy, const softmax& p, index_t batch, index_t q_heads, index_t nq,
+                                    index_t nk) {
+  validate_scale(policy, p.scale);
   // 0 is off; otherwise softcap and 1/softcap (both used, in base-2 units) stay finite.
-  require(p.softcap == 0 || (p.softcap >= 0x1p-126f && p.softcap <= max_multiplier), "softmax: softcap = ",
+  require(p.softcap == 0 || (p.softcap >= 0x1p-126f && p.softcap <= max_multiplier), policy, ": softcap = ",
           p.softcap, ", expected 0 (off) or a value in [2^-126, 2^127]");
-  require(p.window_left >= -1, "softmax: window_left = ", p.window_left, ", expected >= -1");
-  require(p.window_right >= -1, "softmax: window_right = ", p.window_right, ", expected >= -1");
+  require(p.window_left >= -1, policy, ": window_left = ", p.window_left, ", expected >= -1");
+  require(p.window_right >= -1, policy, ": window_right = ", p.window_right, ", expected >= -1");
   if (p.alibi_slopes)
     for (index_t h = 0; h < q_heads; ++h)
-      require(std::isfinite(p.alibi_slopes[h]) && std::fabs(p.alibi_slopes[h]) <= max_multiplier,
-              "softmax: alibi_slopes[", h, "] = ", p.alibi_slopes[h], ", expected a finite value of magnitude at most 2^127");
+      require(std::isfinite(p.alibi_slopes[h]) && std::fabs(p.alibi_slopes[h]) <= max_multiplier, policy,
+              ": alibi_slopes[", h, "] = ", p.alibi_slopes[h], ", expected a finite value of magnitude at most 2^127");
   for (index_t b = 0; b < batch; ++b) {
     if (p.key_lens)
-      require(p.key_lens[b] >= 0 && p.key_lens[b] <= nk, "softmax: key_lens[", b, "] = ", p.key_lens[b],
+      require(p.key_lens[b] >= 0 && p.key_lens[b] <= nk, policy, ": key_lens[", b, "] = ", p.key_lens[b],
               ", expected a value in [0, ", nk, "]");
     if (p.query_lens)
-      require(p.query_lens[b] >= 0 && p.query_lens[b] <= nq, "softmax: query_lens[", b, "] = ",
-              p.query_lens[b], ", expected a value in [0, ", nq, "]");
+      require(p.query_lens[b] >= 0 && p.query_lens[b] <= nq, policy, ": query_lens[", b, "] = ", p.query_lens[b],
+              ", expected a value in [0, ", nq, "]");
   }
+}
+
+/// Checks the policy's own fields (shapes are checked by attention()).
+inline void validate(const softmax& p, index_t batch, index_t q_heads, index_t nq, index_t nk) {
+  validate_softmax_fields("softmax", p, batch, q_heads, nq, nk);
 }
 
 }  // namespace detail
@@ -105,15 +112,15 @@ namespace detail::flash {
 /// Softmax's plan: every row keeps one interval of keys, so a tile visits one run, the union
 /// of its rows' intervals. A head with at least Br queries gets tiles of its own (one band of
 /// keys each); fewer queries are packed across the heads of the GQA group (decode), which
-/// then share every K/V chunk they read. aux[0], aux[1]: the row's key interval.
-template <>
-struct flash_plan<softmax> {
-  static constexpr bool packs_gqa = true, token_callables = false, has_score = false;
-  const softmax& p;
+/// then share every K/V chunk they read. aux[0], aux[1]: the row's key interval. Variants on
+/// softmax's masks (probabilistic, softplus, affine_scaled) build their plans on this one.
+struct softmax_rows_plan {
+  static constexpr bool packs_gqa = true, token_callables = false, has_score = false, softmax_scores = true;
+  const softmax p;  // by value: the variants built on it hand over their softmax fields
   const problem& pb;
   int br;
 
-  flash_plan(const softmax& policy, const problem& problem_, int br_) : p(policy), pb(problem_), br(br_) {}
+  softmax_rows_plan(const softmax& policy, const problem& problem_, int br_) : p(policy), pb(problem_), br(br_) {}
 
   index_t tiles() const {
     if (pb.nq >= br) return pb.group * ((pb.nq + br - 1) / br);
@@ -151,6 +158,12 @@ struct flash_plan<softmax> {
       t.lo[r] = static_cast<std::int32_t>(t.aux[0][r] - kmin), t.hi[r] = static_cast<std::int32_t>(t.aux[1][r] - kmin);
     f(key_run{kmin, kmax + 1 - kmin, 1, false});
   }
+};
+
+template <>
+struct flash_plan<softmax> : softmax_rows_plan {
+  static softmax fields(const softmax& p) { return p; }
+  flash_plan(const softmax& policy, const problem& problem_, int br_) : softmax_rows_plan(policy, problem_, br_) {}
 };
 
 }  // namespace detail::flash
