@@ -134,8 +134,8 @@ void for_each_chunk(const Plan& plan, typename G::rows& t, index_t b, index_t kb
   });
 }
 
-/// What a plan may add (flash_plan.hpp): softmax's score steps, per-chunk score steps, and a
-/// finishing step on each output row.
+/// What a plan may add (flash_plan.hpp): softmax's score steps, per-chunk score steps, passes
+/// that want the log-sum-exp alone, and a finishing step on each output row.
 template <class Plan, class = void>
 struct has_softmax_scores : std::false_type {};
 template <class Plan>
